@@ -1,0 +1,34 @@
+# convhub: `make run` and `make test` do all set-up themselves (README).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-$(shell cat requirements.txt requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: setup system test test-all run bench soak tune clean
+setup: $(STAMP)
+
+$(STAMP):
+	bash scripts/setup_system.sh
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+	$(BIN)/pip install -q -r requirements.txt -c requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.stamp-* && touch $@
+
+# the default suite (~20 min on 2 cores); slow jobs are their own targets
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the main job: the inference service on the embedded default model
+run: setup
+	$(BIN)/convhub serve --model efficientnet-lite0 --backend auto --host 127.0.0.1 --port 8000
+
+bench: setup
+	$(BIN)/python benchmarks/hub_load.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
