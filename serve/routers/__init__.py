@@ -1,0 +1,1 @@
+"""HTTP routes: health (open), Open Inference Protocol v2, image upload, admin/metrics."""
