@@ -20,6 +20,13 @@ from .errors import ChecksumError, OfflineError, WeightsError
 from .integrity import sha256_file, verify_file
 from .registry import FileSource, HFSource, PackageSource, URLSource
 
+try:  # huggingface_hub 2.x speaks through httpx2, a fork with its own exception classes
+    import httpx2
+
+    NETWORK_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, httpx2.HTTPError, OSError)
+except ImportError:  # pragma: no cover - older huggingface_hub
+    NETWORK_ERRORS = (httpx.HTTPError, OSError)
+
 CONNECT_TIMEOUT_S = float(os.environ.get("CONVHUB_CONNECT_TIMEOUT", "5"))
 READ_TIMEOUT_S = float(os.environ.get("CONVHUB_READ_TIMEOUT", "30"))
 
@@ -92,16 +99,20 @@ def _fetch_hf(src: HFSource, *, progress: bool) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read at call time: huggingface_hub reads it once, at import
+    if not offline():
+        _hf_preflight(src, endpoint)
     try:
         p = hf_hub_download(
             src.repo, src.filename, revision=src.revision, cache_dir=hf_cache_dir(),
             etag_timeout=CONNECT_TIMEOUT_S, local_files_only=offline(),
+            endpoint=endpoint,
         )
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
         raise WeightsError(f"{src.describe()}: not on the Hub ({type(exc).__name__})") from None
     except LocalEntryNotFoundError as exc:
         raise OfflineError(f"{src.describe()}: not cached and the Hub is unreachable ({_short(exc)})") from None
-    except (httpx.HTTPError, OSError) as exc:
+    except NETWORK_ERRORS as exc:
         raise OfflineError(f"{src.describe()}: download failed ({_short(exc)})") from None
     path = Path(p)
     try:
@@ -110,6 +121,21 @@ def _fetch_hf(src: HFSource, *, progress: bool) -> Path:
         _evict_hf(path)
         raise
     return path
+
+
+def _hf_preflight(src: HFSource, endpoint: str | None) -> None:
+    """One quick HEAD without retries: huggingface_hub retries with back-off for ~25 s when the Hub is
+    unreachable, which is a long hang for a machine that is simply offline."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url = hf_hub_url(src.repo, src.filename, revision=src.revision, endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, timeout=CONNECT_TIMEOUT_S, retry_on_errors=False)
+    except HfHubHTTPError:
+        return  # the Hub answered: let hf_hub_download produce its precise error
+    except NETWORK_ERRORS as exc:
+        raise OfflineError(f"{src.describe()}: the Hub at {endpoint or 'huggingface.co'} is unreachable ({_short(exc)})") from None
 
 
 def _evict_hf(path: Path) -> None:
