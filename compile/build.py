@@ -1,0 +1,294 @@
+"""`convhub compile`: hub model -> torch.export -> Relax -> tvm.compile -> verified artifact directory.
+
+Everything is written into a temporary sibling of the output directory and renamed into place only
+after verification passed, so a failed or interrupted compile never leaves a half artifact behind.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+from .artifact import FORMAT, FORMAT_VERSION, MANIFEST, PARAMS, sha256_file, write_params
+from .errors import BuildError, CompileError, VerificationError
+from .targets import CROSS_CXX, Preset, get_preset
+
+Log = Callable[[str], None]
+DEFAULT_MAX_BATCH = 16
+INIT_SEED = 0  # models compiled without pretrained weights are initialised from this seed (reproducible)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class BuildResult:
+    """Where the artifact went and what its manifest says."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def verification(self) -> dict[str, Any]:
+        return self.manifest["verification"]
+
+
+@contextmanager
+def _step(log: Log, timings: dict[str, float], key: str, what: str) -> Iterator[None]:
+    log(f"[{key}] {what} ...")
+    t0 = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - t0, 2)
+    log(f"[{key}] done in {timings[key]:.1f} s")
+
+
+def _check_tools(preset: Preset) -> None:
+    """Fail before the slow steps when a tool the preset needs is missing."""
+    from .aarch64 import require_cross_compiler, require_qemu
+    if preset.export == "cross-g++" or (preset.verify == "qemu" and preset.export == "tar"):
+        require_cross_compiler()
+    if preset.verify == "qemu":
+        require_qemu()
+
+
+def tuning_database(model_name: str, preset: str, input_shape: tuple[int, ...]) -> tuple[Path | None, bool]:
+    """(MetaSchedule work_dir from compile.tuning.find_database, cpu_weight_prepack), or (None, False).
+
+    compile.tuning is optional (another module owns tuning); when absent every build is untuned.
+    """
+    try:
+        tuning = importlib.import_module(f"{__package__}.tuning")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__package__}.tuning":
+            return None, False
+        raise
+    find = getattr(tuning, "find_database", None)
+    db = find(model_name, preset, input_shape) if find else None
+    if db is None or not Path(db).is_dir():
+        return None, False
+    return Path(db), bool(getattr(tuning, "CPU_WEIGHT_PREPACK", True))
+
+
+def _module_kinds(mod) -> set[str]:
+    kinds, stack = set(), [mod]
+    while stack:
+        m = stack.pop()
+        kinds.add(m.kind)
+        stack.extend(m.imports)
+    return kinds
+
+
+def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool):
+    """tvm.compile with the target's default Relax pipeline (or the tuned one), checking device code exists."""
+    from ._tvm import relax, tvm
+    target = preset.tvm_target()
+    try:
+        if database is not None:
+            # Re-applying a saved log needs the same pipeline with total_trials=0 and the same work_dir (DESIGN.md).
+            with target:
+                mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=0,
+                                         work_dir=str(database), cpu_weight_prepack=prepack)(mod)
+        # The "default" string pipeline does not fuse on CPU, and a pipeline object without dlight silently
+        # drops the CUDA module: get_default_pipeline(target) is right for both.
+        ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+    except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc
+    if preset.device != "cpu":
+        kinds = _module_kinds(ex.mod)
+        if preset.device not in kinds:
+            raise BuildError(f"the {preset.name} build has no {preset.device} device module (modules: "
+                             f"{sorted(kinds)}); the kernels would not run on the GPU")
+    return ex
+
+
+def export_library(ex, preset: Preset, path: Path) -> None:
+    """Write the compiled library: host .so, cross-compiled aarch64 .so, or an object .tar for the NDK."""
+    from ._tvm import tvm
+    if preset.export == "cross-g++":
+        from .aarch64 import require_cross_compiler
+        require_cross_compiler()
+        ex.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(CROSS_CXX))
+    else:  # "cc" builds with the host compiler; a .tar name makes TVM write objects instead of linking
+        ex.export_library(str(path))
+
+
+def _deploy_text(preset: Preset, manifest: dict[str, Any]) -> str:
+    lib = preset.library_name
+    common = ("Files: model library, params.safetensors (parameters in call order: metadata "
+              "'convhub.param_order'), manifest.json (input/output spec, checksums, parity figures).\n"
+              "Input: float32 NCHW, batch {lo}..{hi}, preprocessed as manifest.json 'input.preprocessing' says.\n"
+              "Full steps: docs/compile.md in the convhub repository.\n\n").format(
+        lo=manifest["input"]["batch"]["min"], hi=manifest["input"]["batch"]["max"])
+    steps = {
+        "cc": "Python: `compile.load(DIR)(x)`; C++: compile/aarch64/runner.cc built with g++ against the "
+              "apache-tvm wheel's libtvm_runtime.so + libtvm_ffi.so.\n",
+        "cross-g++": "Copy this directory plus the aarch64 libtvm_runtime.so, libtvm_ffi.so and convhub_runner "
+                     "(see docs/compile.md) to the board and run:\n  ./convhub_runner DIR input.npy OUT_DIR\n",
+        "tar": f"{lib} holds object files. Link them for the phone with the Android NDK:\n"
+               f"  mkdir objs && tar -C objs -xf {lib}\n"
+               "  $NDK/toolchains/llvm/prebuilt/linux-x86_64/bin/aarch64-linux-android29-clang++ -shared -fPIC "
+               "-o model.so objs/*.o\n"
+               "then build libtvm_runtime for Android (TVM's CMake with the NDK toolchain file; "
+               + ("USE_OPENCL=ON" if preset.device == "opencl" else "CPU only") + ") and the runner (runner.cc) "
+               "with the same NDK; push model.so, params.safetensors, the runtime and the runner with adb.\n",
+    }
+    gpu = {"cuda": "The CUDA kernels are embedded as CUDA C and compiled by NVRTC when the library loads: the "
+                   "GPU machine needs the TVM runtime (the apache-tvm wheel) and NVRTC (CUDA 12).\n",
+           "opencl": "Built, not verified here: the OpenCL kernels are embedded as source. The device needs a TVM "
+                     "runtime built with USE_OPENCL=ON; check parity there with the runner "
+                     "(`--device opencl`) against `compile.verify` figures computed on a host.\n"}.get(
+        preset.device, "")
+    return f"# Deploying {manifest['model']['name']} for {preset.name}\n\n{common}{steps[preset.export]}{gpu}"
+
+
+def _chmod_like_umask(path: Path, mode: int) -> None:
+    # mkdtemp and safetensors create private (0700/0600) entries; an artifact is meant to be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise CompileError(f"{out} already exists and is not empty; choose another --out or pass --force to "
+                           "replace it")
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Move the finished temporary directory into place (replacing an old artifact atomically enough)."""
+    trash = None
+    if out.exists():
+        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, trash)
+    os.replace(tmp, out)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str],
+                  output: Literal["features", "pooled"] = "features", stages: Sequence[str] | str | None = None,
+                  max_batch: int = DEFAULT_MAX_BATCH, photos: int = 3, pretrained: bool = True,
+                  force: bool = False, log: Log = _stderr) -> BuildResult:
+    """Compile hub model `name` for preset `target` into artifact directory `out`, verified against PyTorch.
+
+    Raises UnknownTargetError, ToolchainMissingError, UnsupportedOpError, BuildError, VerificationError
+    (fp32 cosine < 0.9999 on real photos); on any failure nothing is left at `out`.
+    """
+    import hub
+    from . import export as export_mod
+    from .verify import run_parity
+
+    preset = get_preset(target)  # first: an unknown preset is reported before anything slow
+    if max_batch < 1:
+        raise CompileError(f"--max-batch must be >= 1, got {max_batch}")
+    if output not in ("features", "pooled"):
+        raise CompileError(f"--output must be 'features' or 'pooled', got {output!r}")
+    out = Path(out)
+    _prepare_out(out, force)
+    _check_tools(preset)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    with _step(log, timings, "load", f"hub.load({name!r}, stages={stages}, output={output!r})"):
+        if not pretrained:
+            import torch
+            torch.manual_seed(INIT_SEED)
+        module = hub.load(name, stages=stages, output=output, pretrained=pretrained, progress=False).eval()
+        entry = hub.info(name)
+        pre = entry.preprocess
+        input_shape = (3, pre.input_size, pre.input_size)
+    with _step(log, timings, "export", f"torch.export, batch 1..{max_batch}"):
+        ep, out_names, out_shapes, single = export_mod.export_program(module, model_name=entry.name,
+                                                                      input_shape=input_shape, max_batch=max_batch)
+    with _step(log, timings, "import", "TVM Relax import (from_exported_program)"):
+        mod, params, param_names = export_mod.import_program(ep, model_name=entry.name)
+    database, prepack = tuning_database(entry.name, preset.name, (max_batch, *input_shape))
+    with _step(log, timings, "build", f"tvm.compile for {preset.name} "
+               + (f"(tuned: {database})" if database else "(untuned)")):
+        ex = build_executable(mod, preset, database=database, prepack=prepack and preset.device == "cpu")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _chmod_like_umask(tmp, 0o777)
+        with _step(log, timings, "write", f"library ({preset.library_name}) and parameters"):
+            export_library(ex, preset, tmp / preset.library_name)
+            write_params(tmp / PARAMS, param_names, params)
+        manifest = _manifest(entry.name, module, preset, stages=[s.name for s in module.feature_info],
+                             output=output, single=single, pretrained=pretrained, max_batch=max_batch,
+                             input_shape=input_shape, preprocess=pre, out_names=out_names, out_shapes=out_shapes,
+                             param_names=param_names, database=database,
+                             prepack=prepack and preset.device == "cpu" and database is not None)
+        manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):
+            report = run_parity(tmp, manifest, module, photos=photos, log=log)
+        log(report.format())
+        if report.status == "failed":
+            raise VerificationError(f"{entry.name} for {preset.name} does not match PyTorch: {report.reason} "
+                                    f"({report.format().splitlines()[-1].strip()}); no artifact was written")
+        manifest["verification"] = report.as_dict()
+        timings["total"] = round(time.perf_counter() - t_start, 2)
+        manifest["build"]["timings_s"] = timings
+        (tmp / "DEPLOY.md").write_text(_deploy_text(preset, manifest))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for f in tmp.iterdir():
+            _chmod_like_umask(f, 0o666)
+        _commit(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"artifact: {out} ({preset.name}, {report.status}, {timings['total']:.1f} s)")
+    return BuildResult(out, manifest)
+
+
+def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: str, single: bool, pretrained: bool,
+              max_batch: int, input_shape: tuple[int, int, int], preprocess, out_names: list[str],
+              out_shapes: list[list[int | str]], param_names: list[str], database: Path | None,
+              prepack: bool) -> dict[str, Any]:
+    from .export import BATCH
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": name, "weights_sha256": getattr(module, "weights_sha256", None),
+                  "weights_source": getattr(module, "weights_source", None), "pretrained": pretrained,
+                  "init_seed": None if pretrained else INIT_SEED, "stages": stages, "output": output,
+                  "output_kind": "tensor" if single else "dict"},
+        "target": {"preset": preset.name, "tvm_target": preset.target, "tvm_host": preset.host, "arch": preset.arch,
+                   "device": preset.device, "export": preset.export, "library": preset.library_name,
+                   "verification": preset.verify, "required_cpu_flags": list(preset.required_cpu_flags),
+                   "description": preset.description},
+        "input": {"name": "input", "shape": [BATCH, *input_shape], "batch": {"min": 1, "max": max_batch},
+                  "dtype": "float32", "layout": "NCHW",
+                  "preprocessing": {"resize_short_side": preprocess.resize, "center_crop": preprocess.input_size,
+                                    "interpolation": preprocess.interpolation, "scale": "1/255",
+                                    "mean": list(preprocess.mean), "std": list(preprocess.std),
+                                    "color": "RGB"}},
+        "outputs": [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(out_names, out_shapes)],
+        "params": {"file": PARAMS, "count": len(param_names), "order": param_names},
+        "params_transform": "main_transform_params" if prepack else None,
+        "tuning": {"database": str(database) if database else None},
+        "build": {"tvm_version": version("apache-tvm"), "tvm_ffi_version": version("apache-tvm-ffi"),
+                  "torch_version": version("torch"), "convhub_version": _convhub_version(),
+                  "host": f"{platform.system()} {platform.machine()}", "timings_s": {}},
+    }
+
+
+def _convhub_version() -> str:
+    try:
+        return version("convhub")
+    except Exception:  # running from a source tree that is not installed
+        return "source"
