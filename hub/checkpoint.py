@@ -33,10 +33,14 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = str(exc)
+        culprit = next((ln.strip() for ln in text.splitlines() if "global" in ln.lower() and "unsupported" in ln.lower()), None)
+        if culprit is None and "global" not in text.lower():
+            raise WeightsError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a weights file)") from None
         raise UnsafeCheckpointError(
             f"{path}: refused to load: the checkpoint contains pickled objects other than tensors "
-            f"(it could run code). Only safetensors files and plain tensor state_dicts are accepted. "
-            f"Details: {str(exc).splitlines()[0]}"
+            f"(it could run code; {culprit or 'a non-tensor global'}). Accepted: safetensors files and plain "
+            f"tensor state_dicts. Convert a trusted checkpoint to safetensors to use it."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
