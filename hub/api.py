@@ -2,28 +2,31 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from . import sources
-from .checkpoint import load_state_dict
 from .errors import ChecksumError
 from .integrity import verify_file
 from .registry import ModelEntry, load_registry
-from .transforms import ImagePreprocess
 from .weights import ResolvedWeights, resolve
+
+if TYPE_CHECKING:  # torch/torchvision are imported on first use: `import hub` and `convhub list` stay fast
+    import torch
+
+    from .transforms import ImagePreprocess
 
 
 def load(name: str, *, stages: Sequence[str] | str | None = None, output: Literal["features", "pooled"] = "features",
-         pretrained: bool = True, weights: str | os.PathLike | None = None, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None, trainable_stages: int = 0, progress: bool = True) -> torch.nn.Module:
+         pretrained: bool = True, weights: str | os.PathLike | None = None, device: "str | torch.device | None" = None,
+         dtype: "torch.dtype | None" = None, trainable_stages: int = 0, progress: bool = True) -> "torch.nn.Module":
     """A frozen multi-stage feature extractor for registry model `name`.
 
     output="features": forward(x) -> {stage: NCHW tensor}, shallow to deep; "pooled": (N, C) global
     average of the last chosen stage. Weights come from the cache, the registry's sources, or `weights=PATH`.
     """
     from layers.builder import build_frozen_features  # the hub facade sits on top of layers/
+
+    from .checkpoint import load_state_dict
 
     entry = info(name)
     resolved: ResolvedWeights | None = None
@@ -51,8 +54,10 @@ def info(name: str) -> ModelEntry:
     return load_registry().get(name)
 
 
-def transforms(name: str) -> ImagePreprocess:
+def transforms(name: str) -> "ImagePreprocess":
     """Callable: PIL image -> normalized CHW float tensor, as `name`'s weights expect."""
+    from .transforms import ImagePreprocess
+
     return ImagePreprocess(info(name).preprocess)
 
 
