@@ -63,10 +63,12 @@ def _check_tools(preset: Preset) -> None:
         require_qemu()
 
 
-def tuning_database(model_name: str, preset: str, input_shape: tuple[int, ...]) -> tuple[Path | None, bool]:
+def tuning_database(model_name: str, preset: Preset, input_shape: tuple[int, ...]) -> tuple[Path | None, bool]:
     """(MetaSchedule work_dir from compile.tuning.find_database, cpu_weight_prepack), or (None, False).
 
     compile.tuning is optional (another module owns tuning); when absent every build is untuned.
+    Tuned records match by the structural hash of each fused kernel, which includes the static input shape:
+    a database only applies to a static-batch export (--max-batch 1 gives batch exactly 1).
     """
     try:
         tuning = importlib.import_module(f"{__package__}.tuning")
@@ -75,7 +77,12 @@ def tuning_database(model_name: str, preset: str, input_shape: tuple[int, ...]) 
             return None, False
         raise
     find = getattr(tuning, "find_database", None)
-    db = find(model_name, preset, input_shape) if find else None
+    if find is None:
+        return None, False
+    try:
+        db = find(model_name, preset.name, input_shape, target=preset.target)
+    except TypeError:  # a find_database without the optional target= keyword
+        db = find(model_name, preset.name, input_shape)
     if db is None or not Path(db).is_dir():
         return None, False
     return Path(db), bool(getattr(tuning, "CPU_WEIGHT_PREPACK", True))
@@ -90,19 +97,26 @@ def _module_kinds(mod) -> set[str]:
     return kinds
 
 
-def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool):
-    """tvm.compile with the target's default Relax pipeline (or the tuned one), checking device code exists."""
+def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool) -> tuple[Any, str | None]:
+    """(executable, name of the params-transform function or None), checking that device code exists.
+
+    Untuned: tvm.compile with get_default_pipeline(target) (the "default" string does not fuse on CPU, and a
+    pipeline object without dlight silently drops the CUDA module). Tuned: the static_shape_tuning pipeline
+    with total_trials=0 and the database as work_dir (the only way a saved log re-applies, DESIGN.md), then
+    the standard lowering.
+    """
     from ._tvm import relax, tvm
     target = preset.tvm_target()
+    transform = None
     try:
         if database is not None:
-            # Re-applying a saved log needs the same pipeline with total_trials=0 and the same work_dir (DESIGN.md).
-            with target:
-                mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=0,
-                                         work_dir=str(database), cpu_weight_prepack=prepack)(mod)
-        # The "default" string pipeline does not fuse on CPU, and a pipeline object without dlight silently
-        # drops the CUDA module: get_default_pipeline(target) is right for both.
-        ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+            mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=0,
+                                     work_dir=str(database), cpu_weight_prepack=prepack)(mod)
+            names = [gv.name if hasattr(gv, "name") else gv.name_hint for gv in mod.functions.keys()]
+            transform = "main_transform_params" if "main_transform_params" in names else None
+            ex = tvm.compile(mod, target=target)
+        else:
+            ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
     except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc
@@ -181,15 +195,16 @@ def _commit(tmp: Path, out: Path) -> None:
 def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str],
                   output: Literal["features", "pooled"] = "features", stages: Sequence[str] | str | None = None,
                   max_batch: int = DEFAULT_MAX_BATCH, photos: int = 3, pretrained: bool = True,
-                  force: bool = False, log: Log = _stderr) -> BuildResult:
+                  force: bool = False, min_cosine: float | None = None, log: Log = _stderr) -> BuildResult:
     """Compile hub model `name` for preset `target` into artifact directory `out`, verified against PyTorch.
 
-    Raises UnknownTargetError, ToolchainMissingError, UnsupportedOpError, BuildError, VerificationError
-    (fp32 cosine < 0.9999 on real photos); on any failure nothing is left at `out`.
+    `min_cosine` defaults to the fp32 bar (0.9999). Raises UnknownTargetError, ToolchainMissingError,
+    UnsupportedOpError, BuildError, VerificationError (cosine below the bar on real photos); on any failure
+    nothing is left at `out`.
     """
     import hub
     from . import export as export_mod
-    from .verify import run_parity
+    from .verify import COSINE_MIN_FP32, run_parity
 
     preset = get_preset(target)  # first: an unknown preset is reported before anything slow
     if max_batch < 1:
@@ -215,10 +230,14 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                                                                       input_shape=input_shape, max_batch=max_batch)
     with _step(log, timings, "import", "TVM Relax import (from_exported_program)"):
         mod, params, param_names = export_mod.import_program(ep, model_name=entry.name)
-    database, prepack = tuning_database(entry.name, preset.name, (max_batch, *input_shape))
+    database, prepack = tuning_database(entry.name, preset, (1, *input_shape)) if max_batch == 1 else (None, False)
+    if max_batch > 1 and tuning_database(entry.name, preset, (1, *input_shape))[0] is not None:
+        log(f"note: a tuned database exists for {entry.name} on {preset.name} at batch 1; tuned schedules are per "
+            "static shape, so compile with --max-batch 1 to use it")
+    prepack = prepack and preset.device == "cpu"
     with _step(log, timings, "build", f"tvm.compile for {preset.name} "
                + (f"(tuned: {database})" if database else "(untuned)")):
-        ex = build_executable(mod, preset, database=database, prepack=prepack and preset.device == "cpu")
+        ex, params_transform = build_executable(mod, preset, database=database, prepack=prepack)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -230,11 +249,11 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
         manifest = _manifest(entry.name, module, preset, stages=[s.name for s in module.feature_info],
                              output=output, single=single, pretrained=pretrained, max_batch=max_batch,
                              input_shape=input_shape, preprocess=pre, out_names=out_names, out_shapes=out_shapes,
-                             param_names=param_names, database=database,
-                             prepack=prepack and preset.device == "cpu" and database is not None)
+                             param_names=param_names, database=database, params_transform=params_transform)
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):
-            report = run_parity(tmp, manifest, module, photos=photos, log=log)
+            report = run_parity(tmp, manifest, module, photos=photos, log=log,
+                                min_cosine=COSINE_MIN_FP32 if min_cosine is None else min_cosine)
         log(report.format())
         if report.status == "failed":
             raise VerificationError(f"{entry.name} for {preset.name} does not match PyTorch: {report.reason} "
@@ -257,7 +276,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
 def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: str, single: bool, pretrained: bool,
               max_batch: int, input_shape: tuple[int, int, int], preprocess, out_names: list[str],
               out_shapes: list[list[int | str]], param_names: list[str], database: Path | None,
-              prepack: bool) -> dict[str, Any]:
+              params_transform: str | None) -> dict[str, Any]:
     from .export import BATCH
     return {
         "format": FORMAT,
@@ -279,7 +298,7 @@ def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: s
                                     "color": "RGB"}},
         "outputs": [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(out_names, out_shapes)],
         "params": {"file": PARAMS, "count": len(param_names), "order": param_names},
-        "params_transform": "main_transform_params" if prepack else None,
+        "params_transform": params_transform,
         "tuning": {"database": str(database) if database else None},
         "build": {"tvm_version": version("apache-tvm"), "tvm_ffi_version": version("apache-tvm-ffi"),
                   "torch_version": version("torch"), "convhub_version": _convhub_version(),

@@ -17,7 +17,7 @@ from .targets import gpu_present, missing_cpu_flags
 COSINE_MIN_FP32 = 0.9999
 DEFAULT_PHOTOS = 3
 
-Status = Literal["passed", "failed", "not verified here"]
+Status = Literal["passed", "failed", "built, not verified here"]
 
 
 @dataclass
@@ -39,6 +39,13 @@ class VerificationReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def __rich__(self):  # `convhub verify DIR` prints the report with rich: plain text, no markup
+        from rich.text import Text
+        return Text(self.format())
 
     def format(self) -> str:
         """Human-readable lines for the CLI."""
@@ -126,15 +133,16 @@ def how_to_verify(manifest: dict[str, Any]) -> tuple[str, str]:
         return "qemu-aarch64", ""
     if kind == "gpu":
         return ("gpu", "") if gpu_present() else ("", "no NVIDIA GPU on this machine")
-    return "", "built, not verified here (no such device on this machine; see DEPLOY.md for the device-side check)"
+    return "", f"no {t['device']} device of this kind here; run the device-side check in DEPLOY.md"
 
 
 def run_parity(artifact_dir: Path, manifest: dict[str, Any], module: torch.nn.Module, *,
-               photos: int = DEFAULT_PHOTOS, log: Callable[[str], None] = print) -> VerificationReport:
+               photos: int = DEFAULT_PHOTOS, min_cosine: float = COSINE_MIN_FP32,
+               log: Callable[[str], None] = print) -> VerificationReport:
     """Run the artifact (in-process, on the GPU, or under qemu) and PyTorch on the same photos and compare."""
     method, reason = how_to_verify(manifest)
     if not method:
-        return VerificationReport("not verified here", "", reason=reason)
+        return VerificationReport("built, not verified here", "", reason=reason)
     names, x = photo_batch(manifest["model"]["name"], photos)
     out_names = [o["name"] for o in manifest["outputs"]]
     reference = torch_outputs(module, x, out_names)
@@ -160,7 +168,7 @@ def run_parity(artifact_dir: Path, manifest: dict[str, Any], module: torch.nn.Mo
             for n, a in zip(out_names, arrays):
                 got[n].append(a)
     figures = compare(reference, {n: np.concatenate(v) for n, v in got.items()})
-    threshold = COSINE_MIN_FP32
+    threshold = min_cosine
     bad = [n for n, f in figures.items() if not f["cosine"] >= threshold]
     status: Status = "failed" if bad else "passed"
     why = f"cosine below {threshold} for {', '.join(bad)}" if bad else ""
@@ -178,7 +186,7 @@ def verify_artifact(path: str | os.PathLike[str], *, photos: int = DEFAULT_PHOTO
     check_files(d, manifest)
     method, reason = how_to_verify(manifest)
     if not method:
-        return VerificationReport("not verified here", "", reason=reason)
+        return VerificationReport("built, not verified here", "", reason=reason)
     return run_parity(d, manifest, reference_module(manifest), photos=photos, log=log)
 
 

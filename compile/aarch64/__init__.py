@@ -2,8 +2,10 @@
 
 The runner is cross-compiled with Debian's aarch64-linux-gnu-g++ against the aarch64 TVM runtime
 (`libtvm_runtime.so` + `libtvm_ffi.so`), taken from the apache-tvm / apache-tvm-ffi aarch64 wheels on
-PyPI. Both are prepared once into the convhub cache (`python -m compile.aarch64` does it ahead of time);
-$CONVHUB_AARCH64_RUNTIME may point at a folder holding the two libraries instead (offline machines).
+PyPI. Both are prepared once into the toolchain cache ($CONVHUB_TOOLCHAINS, else ~/.cache/convhub/toolchains;
+kept apart from $CONVHUB_CACHE, the weights cache, so throw-away weight caches do not re-download it).
+`python -m compile.aarch64` prepares it ahead of time; $CONVHUB_AARCH64_RUNTIME may point at a folder
+holding the two libraries instead (offline machines).
 """
 from __future__ import annotations
 
@@ -42,9 +44,15 @@ def require_qemu() -> str:
     return path
 
 
+def toolchain_dir() -> Path:
+    """$CONVHUB_TOOLCHAINS, else $XDG_CACHE_HOME/convhub/toolchains, else ~/.cache/convhub/toolchains."""
+    if os.environ.get("CONVHUB_TOOLCHAINS"):
+        return Path(os.environ["CONVHUB_TOOLCHAINS"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convhub" / "toolchains"
+
+
 def _cache_root() -> Path:
-    from hub.cache import cache_dir
-    return cache_dir() / "aarch64-runtime" / f"tvm-{version('apache-tvm')}-ffi-{version('apache-tvm-ffi')}"
+    return toolchain_dir() / f"aarch64-tvm-{version('apache-tvm')}-ffi-{version('apache-tvm-ffi')}"
 
 
 def runtime_dir(*, log=print) -> Path:
@@ -68,12 +76,12 @@ def runtime_dir(*, log=print) -> Path:
             raise CompileError(f"could not download the aarch64 TVM runtime ({' '.join(pins)}): "
                                f"{proc.stderr.strip()[-300:]}. Without network, unpack libtvm_runtime.so and "
                                f"libtvm_ffi.so from those aarch64 wheels into a folder and set ${RUNTIME_ENV} to it")
-        staging = Path(tempfile.mkdtemp(dir=d.parent if d.parent.exists() else None))
+        d.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=d.parent))
         for pkg, member in _LIBS.items():
             wheel = next(Path(tmp).glob(pkg.replace("-", "_") + "-*.whl"))
             with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(staging / Path(member).name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        d.parent.mkdir(parents=True, exist_ok=True)
         if d.exists():
             shutil.rmtree(staging)
         else:
