@@ -32,8 +32,11 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 META_FILE = "meta.json"
 
-#: The target the shipped x86 databases were tuned for (this machine: AMD EPYC Zen 3, AVX2+FMA, 2 cores).
+#: The target the shipped x86 databases were tuned for (this machine: AMD EPYC Zen 3, AVX2+FMA, 2 cores);
+#: compile.targets' "host" preset resolves to the same dict here.
 HOST_X86_TARGET: dict[str, Any] = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
+#: The compile core applies databases with cpu_weight_prepack=<this>; our records are tuned that way.
+CPU_WEIGHT_PREPACK = True
 
 
 def shape_key(input_shape: Sequence[int]) -> str:
@@ -137,22 +140,18 @@ def make_target(target: Any):
     return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
 
 
-def export_relax(module, input_shape: Sequence[int]):
-    """torch module -> (Relax IRModule with params as inputs, list of param arrays), static shape.
+def export_relax(module, input_shape: Sequence[int], model_name: str = "model"):
+    """torch module -> (Relax IRModule with params as inputs, list of numpy params), static batch.
 
-    Uses compile.export when the compile core provides a compatible function; the fallback is the
-    same torch.export -> from_exported_program(keep_params_as_input=True) the databases were tuned on.
+    Goes through compile.export (the compile core's export/import) so tuned records hash the same as
+    the kernels `convhub compile --max-batch 1` builds; max_batch=1 makes the batch static.
     """
-    import torch
-    from tvm.relax.frontend import detach_params
-    from tvm.relax.frontend.torch import from_exported_program
+    from compile import export as export_mod
 
-    x = torch.randn(*input_shape)
-    with torch.no_grad():
-        ep = torch.export.export(module.eval(), (x,))
-    mod = from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
-    mod, params = detach_params(mod)
-    return mod, list(params["main"])
+    ep, _, _, _ = export_mod.export_program(module, model_name=model_name, input_shape=tuple(input_shape[1:]),
+                                            max_batch=int(input_shape[0]))
+    mod, params, _ = export_mod.import_program(ep, model_name=model_name)
+    return mod, params
 
 
 def prepare_for_tuning(mod, target):
@@ -255,10 +254,15 @@ class TuneReport:
     trials_before: int
     seconds: float
     failures: int = 0
+    timed_out: bool = False
     per_task_best_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _progress_callback(total: int, task_names: list[str], out, report: TuneReport):
+class _TimeUp(Exception):
+    pass
+
+
+def _progress_callback(total: int, task_names: list[str], out, report: TuneReport, deadline: float | None):
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
     from tvm.ir.utils import derived_object
 
@@ -281,6 +285,9 @@ def _progress_callback(total: int, task_names: list[str], out, report: TuneRepor
             print(f"[tune] {report.trials_run}/{total} trials  {time.time() - t0:7.0f} s  task {task_id + 1}/"
                   f"{len(task_names)} {name}: {ok}/{n} ok, batch best {best:.3f} ms, task best "
                   f"{report.per_task_best_ms.get(name, float('nan')):.3f} ms", file=out, flush=True)
+            if deadline is not None and time.time() > deadline:
+                report.timed_out = True
+                raise _TimeUp("tuning time limit reached")
 
     return Progress()
 
@@ -288,12 +295,16 @@ def _progress_callback(total: int, task_names: list[str], out, report: TuneRepor
 def tune(mod, target, work_dir: Path | str, *, total_trials: int, max_trials_per_task: int | None = None,
          num_trials_per_iter: int = 32, builder_timeout: float = 120.0, runner_timeout: float = 60.0,
          builder_workers: int | None = None, population_size: int = 256, seed: int | None = None,
-         out=sys.stdout) -> TuneReport:
+         time_limit: float | None = None, strategy: str = "evolutionary", out=sys.stdout) -> TuneReport:
     """MetaSchedule-tune a Relax module (pre-pipeline) into the JSON database at `work_dir`.
 
     Resumable: `total_trials` and `max_trials_per_task` count records already in `work_dir`, so an
     interrupted run started again with the same arguments only does the remainder (and the
-    evolutionary search starts from the best records so far). Time-outs are deliberate: on two busy
+    evolutionary search starts from the best records so far). `time_limit` (seconds) stops after the
+    batch that crosses it, keeping every record measured so far. `strategy="replay-trace"` samples the
+    design space at random with no cost model: on a loaded 2-core machine the evolutionary search
+    spends minutes per round before measuring anything, which only pays off past ~32 trials per task.
+    Time-outs are deliberate: on two busy
     cores LLVM builds of a fused conv take tens of seconds and defaults (30 s) fail whole batches.
     """
     from tvm.s_tir import meta_schedule as ms
@@ -325,21 +336,39 @@ def tune(mod, target, work_dir: Path | str, *, total_trials: int, max_trials_per
         return report
     # The budget per task left for this run is the cap minus what it already has; MetaSchedule takes one
     # cap for all tasks, so the tasks already part-way use the global remainder to stop early.
+    if strategy == "evolutionary":
+        strat = ms.search_strategy.EvolutionarySearch(population_size=population_size, init_min_unmeasured=32)
+        cost_model = "xgb"
+    elif strategy == "replay-trace":
+        strat, cost_model = ms.search_strategy.ReplayTrace(), "random"
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; accepted: evolutionary, replay-trace")
     contexts, weights = ri.extracted_tasks_to_tune_contexts(
-        extracted_tasks=selected, work_dir=str(work_dir),
-        strategy=ms.search_strategy.EvolutionarySearch(population_size=population_size, init_min_unmeasured=32),
-        seed=seed)
+        extracted_tasks=selected, work_dir=str(work_dir), strategy=strat, seed=seed)
     callbacks = ms.measure_callback.MeasureCallback.create("default") + [
-        _progress_callback(remaining, [t.task_name for t in selected], out, report)]
+        _progress_callback(remaining, [t.task_name for t in selected], out, report,
+                           None if time_limit is None else t0 + time_limit)]
+    try:
+        _tune_tasks(ms, contexts, weights, work_dir, remaining, per_task_cap, num_trials_per_iter, builder_timeout,
+                    runner_timeout, builder_workers, db, callbacks, cost_model)
+    except Exception:
+        # The callback's stop signal comes back wrapped by the FFI; anything else is a real failure.
+        if not report.timed_out:
+            raise
+        print(f"[tune] time limit of {time_limit:.0f} s reached; records so far are kept", file=out, flush=True)
+    report.seconds = time.time() - t0
+    return report
+
+
+def _tune_tasks(ms, contexts, weights, work_dir, remaining, per_task_cap, num_trials_per_iter, builder_timeout,
+                runner_timeout, builder_workers, db, callbacks, cost_model) -> None:
     ms.tune.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=str(work_dir),
         max_trials_global=remaining, max_trials_per_task=per_task_cap, num_trials_per_iter=num_trials_per_iter,
         builder=ms.builder.LocalBuilder(timeout_sec=builder_timeout, max_workers=builder_workers),
         runner=ms.runner.LocalRunner(timeout_sec=runner_timeout, evaluator_config=ms.runner.EvaluatorConfig(
             number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)),
-        database=db, measure_callbacks=callbacks, module_equality="structural")
-    report.seconds = time.time() - t0
-    return report
+        database=db, measure_callbacks=callbacks, cost_model=cost_model, module_equality="structural")
 
 
 def prune_database(src: Path | str, dst: Path | str, keep: int = 1) -> int:
