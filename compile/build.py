@@ -125,7 +125,7 @@ def build_executable(mod, preset: Preset, *, database: Path | None, prepack: boo
         if preset.device not in kinds:
             raise BuildError(f"the {preset.name} build has no {preset.device} device module (modules: "
                              f"{sorted(kinds)}); the kernels would not run on the GPU")
-    return ex
+    return ex, transform
 
 
 def export_library(ex, preset: Preset, path: Path) -> None:

@@ -65,12 +65,12 @@ class VerificationReport:
 
 def photo_batch(model_name: str, n: int = DEFAULT_PHOTOS) -> tuple[list[str], np.ndarray]:
     """The first `n` sample photos, preprocessed for `model_name`: (names, float32 (n, 3, H, W))."""
-    import hub
+    from hub.api import transforms  # not hub.transforms: the submodule of that name can shadow the function
     from hub.samples import sample_photos
     photos = sample_photos()[:n]
     if not photos:
         raise VerificationError("no sample photos found (they come with scikit-image); cannot verify")
-    tf = hub.transforms(model_name)
+    tf = transforms(model_name)
     return [p.name for p in photos], torch.stack([tf(p.open()) for p in photos]).numpy()
 
 

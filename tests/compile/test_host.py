@@ -1,0 +1,128 @@
+"""Host CPU artifacts: compile, load, parity with PyTorch, bad input, tampering, atomic failure."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import compile
+import hub
+from compile.artifact import check_input
+from compile.errors import (ArtifactChecksumError, ArtifactError, BatchRangeError, UnsupportedOpError,
+                            VerificationError)
+from compile.verify import photo_batch, verify_artifact
+from hub.errors import HubError, InputShapeError
+
+from .conftest import MODEL, build
+
+
+def test_host_artifact_matches_pytorch_on_real_photos_with_named_outputs(host_artifact):
+    m = host_artifact.manifest
+    assert m["verification"]["status"] == "passed" and m["verification"]["method"] == "host"
+    assert [o["name"] for o in m["outputs"]] == ["stage1", "stage2"]
+    assert m["outputs"][0]["shape"] == ["batch", 16, 112, 112]
+    assert m["input"]["batch"] == {"min": 1, "max": 4} and m["input"]["layout"] == "NCHW"
+    assert m["model"]["weights_sha256"] == hub.load(MODEL, pretrained=True, progress=False).weights_sha256
+    assert set(m["files"]) == {"model.so", "params.safetensors"}
+    for figures in m["verification"]["outputs"].values():
+        assert figures["cosine"] >= 0.9999
+
+    art = compile.load(host_artifact.path)
+    assert art.max_batch == 4 and art.manifest == json.loads((host_artifact.path / "manifest.json").read_text())
+    names, x = photo_batch(MODEL, 3)
+    out = art(x)  # batch 3: a size the parity run did not use
+    ref = hub.load(MODEL, stages=["stage1", "stage2"], progress=False).eval()(torch.from_numpy(x))
+    assert list(out) == list(ref) == ["stage1", "stage2"]
+    for k in ref:
+        r = ref[k].detach().numpy()
+        assert out[k].shape == r.shape and out[k].dtype == np.float32
+        cos = (out[k] * r).sum() / np.linalg.norm(out[k]) / np.linalg.norm(r)
+        assert cos > 0.9999 and np.abs(out[k] - r).max() < 1e-2
+
+
+def test_batch_beyond_range_and_wrong_inputs_are_clear_errors(host_artifact):
+    art = compile.load(host_artifact.path)
+    with pytest.raises(BatchRangeError, match=r"batch 5 is outside the compiled range 1\.\.4.*--max-batch 5"):
+        art(np.zeros((5, 3, 224, 224), np.float32))
+    with pytest.raises(InputShapeError, match=r"dtype float64"):
+        art(np.zeros((1, 3, 224, 224)))
+    with pytest.raises(InputShapeError, match=r"shape \(3, 224, 224\).*x\[None\]"):
+        art(np.zeros((3, 224, 224), np.float32))
+    with pytest.raises(InputShapeError, match=r"\(N, 3, 224, 224\)"):
+        art(np.zeros((1, 3, 160, 160), np.float32))
+    with pytest.raises(InputShapeError, match="list"):
+        art([[0.0]])
+    assert isinstance(check_input(torch.zeros(2, 3, 224, 224), art.manifest), np.ndarray)  # tensors are accepted
+
+
+def test_verify_reruns_parity(host_artifact):
+    report = verify_artifact(host_artifact.path, photos=2, log=lambda s: None)
+    assert report.ok and report.status == "passed" and report.photos == ["chelsea", "coffee"]
+    assert "stage2" in report.format() and report.outputs["stage1"]["cosine"] >= 0.9999
+
+
+def test_tampered_artifact_is_refused(host_artifact, copy_of):
+    d = copy_of(host_artifact.path)
+    p = d / "params.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0xFF  # one weight changes: still a valid file, wrong numbers
+    p.write_bytes(bytes(data))
+    with pytest.raises(ArtifactChecksumError, match="params.safetensors.*refusing to load") as exc:
+        compile.load(d)
+    assert isinstance(exc.value, HubError)
+    with pytest.raises(ArtifactChecksumError):
+        verify_artifact(d)
+    (d / "model.so").unlink()
+    with pytest.raises(ArtifactError, match="model.so is missing"):
+        compile.load(d)
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        compile.load(tmp_path)
+    with pytest.raises(ArtifactError, match="not a directory"):
+        compile.load(tmp_path / "nope")
+
+
+def test_pooled_output_is_one_array(tmp_path_factory):
+    res = build(tmp_path_factory, "x86-64-avx2", stages=["stage1"], output="pooled", max_batch=2, photos=2)
+    assert [o["name"] for o in res.manifest["outputs"]] == ["pooled"]
+    assert res.manifest["outputs"][0]["shape"] == ["batch", 16]
+    art = compile.load(res.path)
+    _, x = photo_batch(MODEL, 1)
+    y = art(x)
+    ref = hub.load(MODEL, stages=["stage1"], output="pooled", progress=False).eval()(torch.from_numpy(x))
+    assert isinstance(y, np.ndarray) and y.shape == (1, 16)
+    np.testing.assert_allclose(y, ref.detach().numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_failed_verification_leaves_nothing(tmp_path):
+    from compile.build import compile_model
+    out = tmp_path / "art"
+    # An unreachable bar (cosine cannot exceed 1) makes the real parity check fail after the build.
+    with pytest.raises(VerificationError, match="no artifact was written"):
+        compile_model(MODEL, target="host", out=out, stages=["stage1"], max_batch=1, photos=1,
+                      min_cosine=1.5, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_not_overwritten_without_force(host_artifact):
+    from compile.build import compile_model
+    with pytest.raises(HubError, match="already exists.*--force"):
+        compile_model(MODEL, target="host", out=host_artifact.path, stages=["stage1"], log=lambda s: None)
+
+
+def test_unsupported_op_names_op_and_model():
+    from compile.export import export_program, import_program
+
+    class Bessel(torch.nn.Module):
+        def forward(self, x):
+            return {"a": torch.special.bessel_j0(x)}
+
+    ep, names, _, _ = export_program(Bessel(), model_name="bessel-net", input_shape=(3, 8, 8), max_batch=4)
+    assert names == ["a"]
+    with pytest.raises(UnsupportedOpError, match=r"'bessel-net'.*special_bessel_j0") as exc:
+        import_program(ep, model_name="bessel-net")
+    assert exc.value.ops == ["special_bessel_j0.default"]
