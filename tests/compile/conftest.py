@@ -19,10 +19,10 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def build(tmp_path_factory, target: str, **kwargs):
+def build(tmp_path_factory, target: str, *, model: str = MODEL, **kwargs):
     from compile.build import compile_model
     out = tmp_path_factory.mktemp(target.replace("-", "_")) / "artifact"
-    return compile_model(MODEL, target=target, out=out, log=_quiet, **kwargs)
+    return compile_model(model, target=target, out=out, log=_quiet, **kwargs)
 
 
 def require_aarch64_tools() -> None:
