@@ -1,6 +1,7 @@
 """Runs inside the converter environment (.venv/litert, see scripts/setup_litert.sh), never imported by convhub.
 
 python -m compile._litert_worker --program P.pt2 --out OUT.tflite [--quantize fp16|int8 --calibration C.npy]
+python -m compile._litert_worker --float-model F.tflite --out OUT.tflite --quantize fp16|int8 [--calibration C.npy]
 
 Reads an ExportedProgram saved by compile.tflite_export, converts it with litert-torch, optionally
 quantizes the result with ai-edge-quantizer, writes OUT. On failure prints one line
@@ -44,11 +45,18 @@ def _quantize(float_path: str, out: str, mode: str, calibration: str | None) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--program", required=True)
+    ap.add_argument("--program")
+    ap.add_argument("--float-model")
     ap.add_argument("--out", required=True)
     ap.add_argument("--quantize", choices=["none", "fp16", "int8"], default="none")
     ap.add_argument("--calibration")
     args = ap.parse_args()
+    if args.float_model:  # quantize an existing float32 file: no conversion
+        try:
+            _quantize(args.float_model, args.out, args.quantize, args.calibration)
+        except BaseException as exc:  # noqa: BLE001
+            _fail("quantize", exc)
+        return
 
     try:
         import torch

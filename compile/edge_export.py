@@ -73,8 +73,11 @@ def export_model(name: str, fmt: Literal["onnx", "tflite"], out: str | os.PathLi
                  output: Literal["features", "pooled"] = "features", stages: Sequence[str] | str | None = None,
                  quantize: Literal["fp16", "int8"] | None = None, calibration: str | os.PathLike | None = None,
                  photos: int = DEFAULT_PHOTOS, max_batch: int = 64, max_calibration: int = 200,
-                 log: Log = _stderr) -> EdgeResult:
+                 float_model: str | os.PathLike | None = None, log: Log = _stderr) -> EdgeResult:
     """Export hub model `name` to `out` (.onnx or .tflite), verify it on real photos, write its manifest.
+
+    float_model: with `quantize`, an fp32 .tflite of the same model (and its manifest) written by this
+    function, quantized instead of converting from PyTorch again.
 
     Raises ExportError/CalibrationError/UnsupportedOpError for bad requests, VerificationError when the
     file does not compute what PyTorch computes (then nothing is written).
@@ -84,7 +87,8 @@ def export_model(name: str, fmt: Literal["onnx", "tflite"], out: str | os.PathLi
     from .edge_runtime import open_runner
     from .onnx_export import export_onnx
     from .quantize import classifier_head, top1_agreement
-    from .tflite_export import export_tflite, load_calibration
+    from .edge_manifest import read_manifest
+    from .tflite_export import export_tflite, load_calibration, quantize_tflite
     from .verify import compare, photo_batch, torch_outputs
 
     out = check_request(fmt, out, quantize, calibration)
@@ -92,6 +96,16 @@ def export_model(name: str, fmt: Literal["onnx", "tflite"], out: str | os.PathLi
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     module = hub.load(name, stages=stages, output=output, progress=False).eval()
+    if float_model is not None:
+        if quantize is None:
+            raise ExportError("float_model= is for quantizing an existing fp32 .tflite; pass quantize='fp16' or 'int8'")
+        src = read_manifest(float_model)
+        same = (src["model"]["name"] == module.model_name and src["model"]["stages"] == module.feature_info.names
+                and src["model"]["output"] == module.output and src["file"]["precision"] == "fp32"
+                and src["model"]["weights_sha256"] == module.weights_sha256)
+        if not same:
+            raise ExportError(f"{float_model} is not an fp32 export of {module.model_name} with stages "
+                              f"{module.feature_info.names}, output {module.output!r} and these weights")
     calib_x, calib_names = (load_calibration(calibration, module.preprocess, limit=max_calibration)
                             if quantize == "int8" else (None, []))
 
@@ -102,9 +116,10 @@ def export_model(name: str, fmt: Literal["onnx", "tflite"], out: str | os.PathLi
         t0 = time.perf_counter()
         if fmt == "onnx":
             path = export_onnx(module, tmp / out.name, max_batch=max_batch)
+        elif float_model is not None:
+            path = quantize_tflite(float_model, tmp / out.name, quantize=quantize, calibration=calib_x)
         else:
-            path = export_tflite(module, tmp / out.name, quantize=quantize,
-                                 calibration=calib_x if calib_x is not None else None)
+            path = export_tflite(module, tmp / out.name, quantize=quantize, calibration=calib_x)
         timings["export"] = round(time.perf_counter() - t0, 2)
 
         log(f"[verify] {fmt} ({precision}) against PyTorch fp32 on {photos} photos ...")

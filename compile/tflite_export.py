@@ -121,8 +121,7 @@ def export_tflite(module: torch.nn.Module, path: str | os.PathLike, *, quantize:
             images = _check_array(calibration, module)
         else:
             images, _ = load_calibration(calibration, module.preprocess, limit=max_calibration)
-    python = converter_python()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    converter_python()  # before the slow steps: a missing converter environment is reported first
 
     x = example_input(module, batch=1).float().cpu()
     wrapped = _Named(module, names[0]).eval()
@@ -135,12 +134,48 @@ def export_tflite(module: torch.nn.Module, path: str | os.PathLike, *, quantize:
         raise ExportError(f"torch.export could not capture {getattr(module, 'model_name', '')!r} for LiteRT: "
                           f"{text.splitlines()[0][:400]}") from exc
     foreign = _non_aten_ops(program)
+    return _run_worker([], path, quantize, images, foreign, timeout_s, program=program)
 
+
+def quantize_tflite(float_model: str | os.PathLike, path: str | os.PathLike, *, quantize: Quantize,
+                    calibration: str | os.PathLike | np.ndarray | None = None, preprocess=None,
+                    max_calibration: int = DEFAULT_MAX_CALIBRATION, timeout_s: float = CONVERT_TIMEOUT_S) -> Path:
+    """Quantize an fp32 .tflite written by export_tflite into `path` (no second conversion from PyTorch).
+
+    For int8, `calibration` is a folder of images (then `preprocess`, a hub.registry.Preprocess such as
+    module.preprocess, is required) or a preprocessed float32 N x 3 x S x S array.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    float_model, path = Path(float_model), Path(path)
+    if not float_model.is_file():
+        raise ExportError(f"{float_model} does not exist; expected an fp32 .tflite written by export_tflite")
+    if path.suffix.lower() != ".tflite":
+        raise ExportError(f"LiteRT output path must end in .tflite, got {str(path)!r}")
+    images = None
+    if quantize == "int8":
+        if isinstance(calibration, np.ndarray):
+            images = calibration.astype(np.float32)
+            if images.ndim != 4 or images.shape[1] != 3 or not len(images):
+                raise CalibrationError(f"calibration array must be float32 N x 3 x H x W, got shape {images.shape}")
+        else:
+            if preprocess is None and calibration is not None:
+                raise ExportError("calibration from a folder needs preprocess= (the model's hub preprocessing)")
+            images, _ = load_calibration(calibration, preprocess, limit=max_calibration)
+    return _run_worker(["--float-model", str(float_model.resolve())], path, quantize, images, [], timeout_s)
+
+
+def _run_worker(source: list[str], path: Path, quantize: str | None, images: np.ndarray | None,
+                foreign: list[str], timeout_s: float, program=None) -> Path:
+    python = converter_python()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        torch.export.save(program, tmp / "program.pt2")
-        cmd = [str(python), "-m", "compile._litert_worker", "--program", str(tmp / "program.pt2"),
-               "--out", str(tmp / path.name), "--quantize", quantize or "none"]
+        if program is not None:
+            torch.export.save(program, tmp / "program.pt2")
+            source = ["--program", str(tmp / "program.pt2")]
+        cmd = [str(python), "-m", "compile._litert_worker", *source, "--out", str(tmp / path.name),
+               "--quantize", quantize or "none"]
         if images is not None:
             np.save(tmp / "calibration.npy", images)
             cmd += ["--calibration", str(tmp / "calibration.npy")]

@@ -32,3 +32,12 @@ def cosine(a, b) -> float:
     num = (a * b).sum(1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return float((num / den).min())
+
+
+@pytest.fixture(scope="session")
+def calibration_dir(tmp_path_factory):
+    """The sample photos saved as JPEG in a folder: int8 calibration data as a user would give it."""
+    d = tmp_path_factory.mktemp("calibration")
+    for p in sample_photos():
+        p.open().save(d / f"{p.name}.jpg", quality=92)
+    return d
