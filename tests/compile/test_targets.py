@@ -62,3 +62,12 @@ def test_cli_unknown_preset_is_a_one_line_error(tmp_path):
     assert "unknown target preset 'tpu'" in out.stderr and "aarch64-cortex-a53" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "a").exists()
+
+
+def test_missing_cross_toolchain_names_the_debian_package(tmp_path, monkeypatch):
+    from compile.build import compile_model
+    from compile.errors import ToolchainMissingError
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without aarch64-linux-gnu-g++ / qemu-aarch64
+    with pytest.raises(ToolchainMissingError, match=r"aarch64-linux-gnu-g\+\+ not found.*g\+\+-aarch64-linux-gnu"):
+        compile_model("efficientnet-lite0", target="aarch64-cortex-a76", out=tmp_path / "a", log=lambda s: None)
+    assert not (tmp_path / "a").exists()
