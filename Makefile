@@ -2,7 +2,7 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.stamp-$(shell cat requirements.txt requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.stamp-$(shell cat requirements.txt requirements.lock pyproject.toml scripts/setup_*.sh 2>/dev/null | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: setup system test test-all run bench soak tune clean
@@ -14,6 +14,8 @@ $(STAMP):
 	$(BIN)/pip install -q --upgrade pip wheel setuptools
 	$(BIN)/pip install -q -r requirements.txt -c requirements.lock
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	bash scripts/setup_litert.sh $(VENV)
+	$(BIN)/python -m compile.aarch64 || echo "convhub setup: aarch64 runtime not prepared; aarch64 tests will skip"
 	rm -f $(VENV)/.stamp-* && touch $@
 
 # the default suite (~20 min on 2 cores); slow jobs are their own targets

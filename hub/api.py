@@ -13,7 +13,7 @@ from .weights import ResolvedWeights, resolve
 if TYPE_CHECKING:  # torch/torchvision are imported on first use: `import hub` and `convhub list` stay fast
     import torch
 
-    from .transforms import ImagePreprocess
+    from .preprocess import ImagePreprocess
 
 
 def load(name: str, *, stages: Sequence[str] | str | None = None, output: Literal["features", "pooled"] = "features",
@@ -56,7 +56,7 @@ def info(name: str) -> ModelEntry:
 
 def transforms(name: str) -> "ImagePreprocess":
     """Callable: PIL image -> normalized CHW float tensor, as `name`'s weights expect."""
-    from .transforms import ImagePreprocess
+    from .preprocess import ImagePreprocess
 
     return ImagePreprocess(info(name).preprocess)
 
