@@ -76,7 +76,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if target and Path(target).is_dir() and (Path(target) / "manifest.json").is_file():
         from compile.verify import verify_artifact  # an artifact directory, not a model name
 
-        report = verify_artifact(target)
+        try:
+            report = verify_artifact(target)
+        except HubError as exc:  # a damaged or foreign artifact is a failed verification, not a usage error
+            err_console.print(f"convhub: verification failed: {exc}", markup=False, highlight=False)
+            return 1
         console.print(report)
         return 0 if getattr(report, "ok", True) else 1
     from .api import verify
