@@ -101,6 +101,10 @@ class Service:
             self.failed = f"loading models failed: {exc}"
             log.error(self.failed)
             self.on_fatal(self.failed)
+        except Exception as exc:  # a bug, not a user error: keep the traceback in the log, never hang unready
+            self.failed = f"loading models failed: {type(exc).__name__}: {exc}"
+            log.exception(self.failed)
+            self.on_fatal(self.failed)
 
     async def close(self) -> None:
         """Finish queued work (graceful shutdown), then release backends and threads."""

@@ -1,6 +1,7 @@
 """ONNX Runtime backend: the hub module exported once (compile.onnx_export), cached, verified."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,8 @@ from hub.cache import cache_dir
 
 from ..errors import BackendError
 from .base import POOLED, Backend, needed_stages, pooled_from
+
+log = logging.getLogger("serve.backends")
 
 
 def onnx_path(model: str, weights_sha256: str | None, output: str = "features") -> Path:
@@ -35,6 +38,7 @@ def ensure_onnx(module: torch.nn.Module, model: str, max_batch: int) -> Path:
     if path.is_file():
         return path
     export_onnx = _exporter()
+    log.info("%s: exporting to ONNX once (cached at %s)", model, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # export into a temp name in the same folder, then rename: readers never see half a file
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx")

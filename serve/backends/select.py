@@ -100,6 +100,7 @@ def _verified(build: Callable[[], Backend], x: np.ndarray, expected: dict[str, n
 def build(model: str, kind: str, *, threads: int, max_batch: int, artifact: Path | None = None
           ) -> tuple[Backend, str]:
     """The backend for `model` (kind: torch, onnxruntime, tvm or auto) and a one-line report of the choice."""
+    log.info("%s: loading PyTorch reference, then backend %s", model, kind)
     ref = TorchBackend(model, threads=threads)
     x = photo_batch(model, min(8, max_batch))
     expected = ref.run(x, ref.outputs)  # PyTorch is the reference every other backend must match

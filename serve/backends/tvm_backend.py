@@ -7,12 +7,14 @@ from typing import Sequence
 
 import numpy as np
 
+import hub
+
 from ..errors import BackendError
 from .base import POOLED, Backend, pooled_from
 
 
 class TvmBackend(Backend):
-    """Runs `compile.load(DIR)`; its outputs come from the artifact (a dict of stages, or one array)."""
+    """Runs `compile.load(DIR)`; outputs are the artifact's (stage maps or one pooled tensor)."""
 
     kind = "tvm"
 
@@ -20,44 +22,47 @@ class TvmBackend(Backend):
         # TVM runs on one thread unless told before import (DESIGN.md)
         os.environ.setdefault("TVM_NUM_THREADS", str(threads or os.cpu_count() or 1))
         try:
-            from compile import load
+            import compile
         except ImportError as exc:
-            raise BackendError(f"TVM artifacts need compile.load, which is not available ({exc})") from None
+            raise BackendError(f"TVM artifacts need the compile package ({exc})") from None
         if not Path(artifact).is_dir():
             raise BackendError(f"TVM artifact {artifact} is not a directory (make one with `convhub compile`)")
         try:
-            self.fn = load(artifact)
-        except Exception as exc:
-            raise BackendError(f"compile.load({artifact}) failed: {exc}") from exc
-        self.manifest = dict(getattr(self.fn, "manifest", {}) or {})
-        art_model = self.manifest.get("model")
-        if art_model and art_model != model:
-            raise BackendError(f"artifact {artifact} was compiled for {art_model!r}, not {model!r}")
+            self.fn = compile.load(artifact)
+        except Exception as exc:  # its own errors already say what is wrong and what to do
+            raise BackendError(f"cannot use TVM artifact {artifact}: {exc}") from exc
+        m = self.fn.manifest
+        built_for = hub.info(m["model"]["name"]).name
+        if built_for != hub.info(model).name:
+            raise BackendError(f"artifact {artifact} was compiled for {built_for!r}, not {model!r}")
         super().__init__(model, stages)
-        self.max_batch = int(getattr(self.fn, "max_batch", 1) or 1)
+        self.names = list(self.fn.output_names)
+        self.single = m["model"].get("output_kind") == "tensor"
+        self.min_batch, self.max_batch = int(self.fn.min_batch), int(self.fn.max_batch)
         self.artifact = Path(artifact)
-        self.target = str(self.manifest.get("target", "unknown target"))
-        self._single = None
+        t = m.get("target", {})
+        self.target = f"{t.get('preset', '?')} ({t.get('tvm_target', {}).get('mcpu', t.get('device', ''))})"
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        out = self.manifest.get("output")
-        if out == POOLED:
-            return (POOLED,)
-        return super().outputs
+        names = list(self.names)
+        if POOLED not in names and self.stages[-1] in names:
+            names.insert(0, POOLED)
+        return tuple(names)
 
     def run(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        n = len(x)
+        if n < self.min_batch:  # the compiled batch range may not start at 1: pad, then drop the padding
+            x = np.concatenate([x, np.repeat(x[-1:], self.min_batch - n, axis=0)])
         got = self.fn(x)
-        if not isinstance(got, dict):
-            # one array: the artifact's pooled embedding, or its deepest stage
-            arr = np.asarray(got)
-            got = {POOLED: arr} if arr.ndim == 2 else {self.stages[-1]: arr}
+        if self.single:
+            got = {self.names[0]: got}
         res = {}
         for o in outputs:
             if o in got:
-                res[o] = np.asarray(got[o])
-            elif o == POOLED and self.stages[-1] in got:
-                res[o] = pooled_from(np.asarray(got[self.stages[-1]]))
+                res[o] = np.asarray(got[o])[:n]
+            elif o == POOLED:
+                res[o] = pooled_from(np.asarray(got[self.stages[-1]]))[:n]
             else:
                 raise BackendError(f"TVM artifact {self.artifact} does not produce output {o!r}")
         return res

@@ -228,3 +228,21 @@ def test_full_queue_answers_503_with_retry_after(client, reference):
     assert "queue full" in busy.json()["error"]
     ok = client.post(INFER, content=body, headers=headers)  # the server recovers
     assert ok.status_code == 200
+
+
+def test_load_script_smoke(torch_server):
+    """The bounded load script (a few seconds here): every mode answers, no errors, RSS reported."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "load_test.py"), "--url", torch_server.url,
+                        "--duration", "4", "--concurrency", "3", "--api-key", API_KEY, "--json"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    assert rep["errors"] == 0
+    assert all(rep["modes"][m]["ok"] >= 1 for m in ("json", "binary", "jpeg")), rep["modes"]
+    assert rep["rss_before_mib"] > 100 and rep["rss_after_mib"] > 100
+    assert rep["p50_ms"] > 0 and rep["p99_ms"] >= rep["p50_ms"]

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Serving overhead: images/s through HTTP vs. calling the same backend in-process at the same batch.
+
+Starts `python -m serve` on 127.0.0.1 (dynamic batching, max batch B), builds the same backend in this
+process, and measures in one run, side by side: the backend alone on batches of B, then C concurrent
+HTTP clients sending one image per request as binary tensors and as JPEG uploads. Prints a table.
+
+    python benchmarks/serve_overhead.py --backend onnxruntime --clients 8 --batch 8 --seconds 10
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _load_test():
+    spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def in_process(backend, x: np.ndarray, seconds: float) -> float:
+    """images/s of backend.run on batches of len(x), after one warm-up."""
+    backend.run(x, ["pooled"])
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        backend.run(x, ["pooled"])
+        n += len(x)
+    return n / (time.perf_counter() - t0)
+
+
+def in_process_jpeg(backend, jpeg: bytes, preprocess, batch: int, seconds: float) -> float:
+    """images/s when this process also decodes and preprocesses each JPEG (no HTTP)."""
+    from serve.images import decode, to_input
+
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x = np.stack([to_input(decode(jpeg, max_pixels=10**8), preprocess) for _ in range(batch)])
+        backend.run(x, ["pooled"])
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="efficientnet-lite0")
+    p.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime", "tvm", "auto"])
+    p.add_argument("--artifact", default=None, help="TVM artifact directory (backend tvm)")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8, help="server max batch = in-process batch")
+    p.add_argument("--delay-ms", type=float, default=5.0, help="server max queue delay")
+    p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    a = p.parse_args(argv)
+
+    import hub
+    import hub.samples
+    from serve.backends import select
+    from tests.serve.helpers import Server  # the same real-server launcher the tests use
+
+    lt = _load_test()
+    threads = os.cpu_count() or 1
+    model_cfg = {"name": a.model, "backend": a.backend}
+    if a.artifact:
+        model_cfg["artifact"] = a.artifact
+    cfg = {"models": [model_cfg], "batching": {"max_batch_size": a.batch, "max_delay_ms": a.delay_ms,
+                                               "max_queue": max(64, 4 * a.clients)},
+           "workers": {"decode_threads": 2, "compute_threads": threads}, "log_level": "warning"}
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    print(f"starting the server ({a.backend}) ...", file=sys.stderr)
+    srv = Server(cfg, work)
+    try:
+        srv.wait_ready()
+        backend, report = select.build(a.model, a.backend, threads=threads, max_batch=a.batch,
+                                       artifact=Path(a.artifact) if a.artifact else None)
+        print(report, file=sys.stderr)
+        photo = hub.samples.sample_photos()[0].open()
+        pre = hub.transforms(a.model)
+        x = np.repeat(pre(photo).numpy()[None], a.batch, axis=0)
+        buf = io.BytesIO()
+        photo.save(buf, "JPEG", quality=90)
+        rows = []
+        for mode in ("binary", "jpeg"):
+            base = in_process(backend, x, a.seconds)
+            rep = lt.run(srv.url, a.model, duration=a.seconds, requests=None, concurrency=a.clients, modes=[mode],
+                         batch=1, api_key=None)
+            extra = in_process_jpeg(backend, buf.getvalue(), pre, a.batch, a.seconds) if mode == "jpeg" else None
+            rows.append({"mode": mode, "http_img_s": rep["images_per_s"], "in_process_img_s": base,
+                         "in_process_with_decode_img_s": extra, "ratio": rep["images_per_s"] / base,
+                         "p50_ms": rep["p50_ms"], "p99_ms": rep["p99_ms"], "errors": rep["errors"]})
+    finally:
+        srv.stop()
+    when = datetime.date.today().isoformat()
+    print(f"\nserving overhead, {a.model}, backend {backend.kind}, {threads} cores ({platform.machine()}), {when}; "
+          f"{a.clients} clients x 1 image/request, server max batch {a.batch} (delay {a.delay_ms:g} ms), "
+          f"in-process batch {a.batch}, {a.seconds:g} s each")
+    print(f"{'input':8} {'HTTP img/s':>11} {'in-proc img/s':>14} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>7} {'in-proc + decode img/s':>23}")
+    for r in rows:
+        extra = f"{r['in_process_with_decode_img_s']:23.1f}" if r["in_process_with_decode_img_s"] else f"{'-':>23}"
+        print(f"{r['mode']:8} {r['http_img_s']:11.1f} {r['in_process_img_s']:14.1f} {r['ratio']:7.2f} "
+              f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d} {extra}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"date": when, "backend": backend.kind, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""Bounded load / soak test for `convhub serve` on loopback.
+
+Concurrent clients send JSON tensors, binary tensors and JPEG uploads (round-robin) for a fixed time
+and/or number of requests, check every reply, and report throughput, p50/p99 latency, errors and the
+server's RSS (from /metrics) before and after.
+
+    python scripts/load_test.py --url http://127.0.0.1:8000 --duration 30 --concurrency 8
+    python scripts/load_test.py --requests 5000 --concurrency 8          # soak: flat memory?
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+MODES = ("json", "binary", "jpeg")
+
+
+@dataclass
+class ModeStats:
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    images: int = 0
+
+
+def _payloads(model: str, batch: int) -> dict[str, tuple[str, bytes, dict]]:
+    import hub
+    import hub.samples
+
+    photo = hub.samples.sample_photos()[0].open()
+    x = np.repeat(hub.transforms(model)(photo).numpy()[None], batch, axis=0)
+    infer, embed = f"/v2/models/{model}/infer", f"/v1/models/{model}/embed"
+    js = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                 "data": x.ravel().tolist()}]}).encode()
+    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "pooled", "parameters": {"binary_data": True}}]}).encode()
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90)
+    jpg = buf.getvalue()
+    if batch == 1:
+        jpeg = (embed, jpg, {"content-type": "image/jpeg"})
+    else:
+        req = httpx.Request("POST", "http://x/", files=[("files", (f"{i}.jpg", jpg, "image/jpeg"))
+                                                        for i in range(batch)])
+        jpeg = (embed, req.read(), {"content-type": req.headers["content-type"]})
+    return {"json": (infer, js, {"content-type": "application/json"}),
+            "binary": (infer, head + x.tobytes(), {"content-type": "application/octet-stream",
+                                                   "inference-header-content-length": str(len(head))}),
+            "jpeg": jpeg}
+
+
+def _embedding(mode: str, r: httpx.Response) -> np.ndarray:
+    if mode == "jpeg":
+        return np.asarray(r.json()["embeddings"], np.float32)
+    if mode == "json":
+        out = r.json()["outputs"][0]
+        return np.asarray(out["data"], np.float32).reshape(out["shape"])
+    n = int(r.headers["inference-header-content-length"])
+    out = json.loads(r.content[:n])["outputs"][0]
+    return np.frombuffer(r.content[n:], "<f4").reshape(out["shape"])
+
+
+def server_rss(client: httpx.Client) -> float | None:
+    """The server's resident memory in MiB, from its Prometheus endpoint."""
+    m = re.search(r"^process_resident_memory_bytes (\S+)$", client.get("/metrics").text, re.M)
+    return float(m.group(1)) / 2**20 if m else None
+
+
+def run(url: str, model: str, *, duration: float, requests: int | None, concurrency: int, modes: list[str],
+        batch: int, api_key: str | None) -> dict:
+    """Drive the server; returns the report as a dict (also what --json prints)."""
+    host = urlparse(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"refusing to load-test {host}: loopback only")
+    headers = {"X-API-Key": api_key} if api_key else {}
+    payloads = _payloads(model, batch)
+    stats = {m: ModeStats() for m in modes}
+    reference: dict[str, np.ndarray] = {}
+    lock = threading.Lock()
+    counter = iter(range(10**12))
+    end = time.monotonic() + duration
+
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as admin:
+        rss_before = server_rss(admin)
+
+    def worker(wid: int) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as c:
+            while time.monotonic() < end:
+                i = next(counter)
+                if requests is not None and i >= requests:
+                    return
+                mode = modes[i % len(modes)]  # round-robin: every mode from the first requests on
+                path, body, h = payloads[mode]
+                t0 = time.perf_counter()
+                try:
+                    r = c.post(path, content=body, headers=h)
+                    dt = time.perf_counter() - t0
+                    if r.status_code != 200:
+                        err = f"HTTP {r.status_code}: {r.text[:120]}"
+                    else:
+                        emb = _embedding(mode, r)
+                        with lock:
+                            ref = reference.setdefault(mode, emb)
+                        # same payload, same answer: catches replies routed to the wrong request
+                        cos = (emb * ref).sum() / (np.linalg.norm(emb) * np.linalg.norm(ref))
+                        err = None if emb.shape == ref.shape and cos > 0.999 else f"inconsistent reply (cos {cos:.4f})"
+                except httpx.HTTPError as exc:
+                    dt, err = time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
+                with lock:
+                    s = stats[mode]
+                    if err:
+                        s.errors[err] = s.errors.get(err, 0) + 1
+                    else:
+                        s.latencies.append(dt)
+                        s.images += batch
+
+    t_start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t_start
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as admin:
+        rss_after = server_rss(admin)
+
+    rows = {}
+    for m, s in stats.items():
+        lat = np.array(s.latencies) * 1000 if s.latencies else np.array([np.nan])
+        rows[m] = {"ok": len(s.latencies), "errors": sum(s.errors.values()), "error_kinds": s.errors,
+                   "req_per_s": len(s.latencies) / elapsed, "images_per_s": s.images / elapsed,
+                   "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    all_lat = np.concatenate([np.array(s.latencies) for s in stats.values()]) * 1000
+    total_ok = sum(r["ok"] for r in rows.values())
+    return {"url": url, "model": model, "concurrency": concurrency, "batch": batch, "seconds": elapsed,
+            "modes": rows, "requests_ok": total_ok, "errors": sum(r["errors"] for r in rows.values()),
+            "req_per_s": total_ok / elapsed, "images_per_s": sum(r["images_per_s"] for r in rows.values()),
+            "p50_ms": float(np.percentile(all_lat, 50)) if len(all_lat) else None,
+            "p99_ms": float(np.percentile(all_lat, 99)) if len(all_lat) else None,
+            "rss_before_mib": rss_before, "rss_after_mib": rss_after}
+
+
+def print_report(rep: dict) -> None:
+    print(f"{rep['url']}  model {rep['model']}  {rep['concurrency']} clients  batch {rep['batch']}  "
+          f"{rep['seconds']:.1f} s")
+    print(f"{'mode':8} {'ok':>7} {'errors':>7} {'req/s':>8} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for m, r in rep["modes"].items():
+        print(f"{m:8} {r['ok']:7d} {r['errors']:7d} {r['req_per_s']:8.1f} {r['images_per_s']:8.1f} "
+              f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f}")
+        for kind, n in r["error_kinds"].items():
+            print(f"         {n} x {kind}")
+    print(f"{'all':8} {rep['requests_ok']:7d} {rep['errors']:7d} {rep['req_per_s']:8.1f} {rep['images_per_s']:8.1f} "
+          f"{rep['p50_ms'] or float('nan'):8.1f} {rep['p99_ms'] or float('nan'):8.1f}")
+    if rep["rss_before_mib"] is not None:
+        print(f"server RSS: {rep['rss_before_mib']:.0f} MiB before, {rep['rss_after_mib']:.0f} MiB after "
+              f"({rep['rss_after_mib'] - rep['rss_before_mib']:+.0f} MiB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--model", default="efficientnet-lite0")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds (upper bound)")
+    p.add_argument("--requests", type=int, default=None, help="stop after this many requests (soak)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: json, binary, jpeg")
+    p.add_argument("--batch", type=int, default=1, help="images per request")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = p.parse_args(argv)
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        p.error(f"unknown mode(s) {bad}; accepted: {', '.join(MODES)}")
+    if a.duration <= 0 or a.concurrency < 1 or a.batch < 1:
+        p.error("--duration, --concurrency and --batch must be positive")
+    rep = run(a.url, a.model, duration=a.duration, requests=a.requests, concurrency=a.concurrency, modes=modes,
+              batch=a.batch, api_key=a.api_key)
+    print(json.dumps(rep, indent=1)) if a.json else print_report(rep)
+    return 0 if rep["errors"] == 0 and rep["requests_ok"] > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
