@@ -60,8 +60,9 @@ def main() -> int:
         label = f"{'ONNX' if fmt == 'onnx' else 'LiteRT'} {q or 'fp32'}"
         out = work / f"{args.model}{'-' + q if q else ''}.{fmt}"
         t0 = time.perf_counter()
+        # fp16/int8 quantize the fp32 .tflite (as `convhub export` would after converting it)
         export_model(args.model, fmt, out, quantize=q, calibration=calib if q == "int8" else None,
-                     log=lambda s: None)
+                     float_model=files.get("LiteRT fp32") if q else None, log=lambda s: None)
         exports[label] = time.perf_counter() - t0
         files[label] = out
         print(f"exported {label}: {out.stat().st_size / 1e6:.2f} MB in {exports[label]:.0f} s", file=sys.stderr)

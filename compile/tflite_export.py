@@ -67,7 +67,7 @@ def load_calibration(directory: str | os.PathLike | None, preprocess, *,
     """
     from PIL import Image, UnidentifiedImageError
 
-    from hub.transforms import ImagePreprocess
+    from hub.preprocess import ImagePreprocess
 
     accepted = ", ".join(IMAGE_SUFFIXES)
     if directory is None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import hub
+from hub.api import transforms  # hub.transforms can be shadowed by the submodule of that name once imported
 from hub.samples import sample_photos
 
 MODEL = "efficientnet-lite0"
@@ -14,7 +14,7 @@ MODEL = "efficientnet-lite0"
 @pytest.fixture(scope="session")
 def photo_batch() -> torch.Tensor:
     """All sample photos (scikit-image's), preprocessed as the default model's weights expect."""
-    tf = hub.transforms(MODEL)
+    tf = transforms(MODEL)
     photos = sample_photos()
     assert len(photos) >= 3, "scikit-image's sample photos are missing"
     return torch.stack([tf(p.open()) for p in photos])
@@ -22,6 +22,7 @@ def photo_batch() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def features_model() -> torch.nn.Module:
+    import hub
     return hub.load(MODEL).eval()
 
 

@@ -57,7 +57,9 @@ def test_fp32_manifest_records_source_and_parity(lite0_tflite, features_model):
     assert v["top1_agreement"] == 1.0  # fp32: the checkpoint's classifier agrees on every photo
     # a tampered file no longer matches its manifest
     tampered = lite0_tflite.path.with_name("tampered.tflite")
-    tampered.write_bytes(lite0_tflite.path.read_bytes()[:-1] + b"\0")
+    data = bytearray(lite0_tflite.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
     manifest_path(tampered).write_text(manifest_path(lite0_tflite.path).read_text())
     with pytest.raises(ExportError, match="does not match its manifest"):
         read_manifest(tampered)
