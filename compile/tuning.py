@@ -15,6 +15,7 @@ time-outs, and on two busy cores the defaults lose whole rounds of candidates.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -244,6 +245,33 @@ def count_records(work_dir: Path | str) -> dict[int, int]:
     return counts
 
 
+def _fast_stack(context: int = 1) -> list:
+    """inspect.stack() without source lookups (frames, file names and line numbers only)."""
+    frame = sys._getframe(1)
+    out = []
+    while frame is not None:
+        out.append(inspect.FrameInfo(frame, frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name, None, None))
+        frame = frame.f_back
+    return out
+
+
+def preload_tensor_intrinsics() -> None:
+    """Import tvm.s_tir.tensor_intrin (MetaSchedule's TuneContext does) in seconds instead of minutes.
+
+    Its hundreds of TVMScript intrinsics each call inspect.stack(), whose source lookup scans
+    sys.modules per frame: with torch loaded that took over 10 minutes of CPU on this 2-core machine.
+    The parser only needs the frames, so a source-free stack is swapped in for the import.
+    """
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    orig = inspect.stack
+    inspect.stack = _fast_stack
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = orig
+
+
 @dataclass
 class TuneReport:
     """What a tuning run did."""
@@ -310,6 +338,7 @@ def tune(mod, target, work_dir: Path | str, *, total_trials: int, max_trials_per
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule import relax_integration as ri
 
+    preload_tensor_intrinsics()
     target = make_target(target)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -336,6 +365,7 @@ def tune(mod, target, work_dir: Path | str, *, total_trials: int, max_trials_per
         return report
     # The budget per task left for this run is the cap minus what it already has; MetaSchedule takes one
     # cap for all tasks, so the tasks already part-way use the global remainder to stop early.
+    num_trials_per_iter = max(1, min(num_trials_per_iter, remaining))  # a batch must not overshoot the budget
     if strategy == "evolutionary":
         strat = ms.search_strategy.EvolutionarySearch(population_size=population_size, init_min_unmeasured=32)
         cost_model = "xgb"
