@@ -16,11 +16,12 @@ class ExportError(HubError, ValueError):
 class UnsupportedOpError(ExportError):
     """The module uses an operator that the target format (or its converter) cannot express."""
 
-    def __init__(self, op: str, fmt: str, detail: str = ""):
+    def __init__(self, op: str, fmt: str, detail: str = "", hint: str = ""):
         self.op, self.format = op, fmt
         tail = f" ({detail})" if detail else ""
-        super().__init__(f"operator {op} cannot be expressed in {fmt}{tail}; replace it in the model, "
-                         f"or export to another format ({', '.join(f for f in FORMATS if f != fmt)})")
+        hint = hint or (f"replace it in the model, or export to another format "
+                        f"({', '.join(f for f in FORMATS if f != fmt)})")
+        super().__init__(f"operator {op} cannot be expressed in {fmt}{tail}; {hint}")
 
 
 class CalibrationError(ExportError):

@@ -7,6 +7,7 @@ under qemu-aarch64 for the aarch64 presets) against the PyTorch module the .tfli
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from importlib.metadata import version
@@ -36,7 +37,11 @@ def import_tflite(path: str | Path):
     except Exception as exc:  # the frontend raises OpNotImplemented / tvm errors naming the TFLite op
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "not supported" in text.lower() or "OpNotImplemented" in type(exc).__name__:
-            raise UnsupportedOpError(text[:200], "TVM's TFLite frontend", "tvm.relax.frontend.tflite") from exc
+            ops = re.findall(r"'([A-Z][A-Z_0-9]*)'", text)
+            op = ("quantized " if "quantized" in text.lower() else "") + (", ".join(ops) if ops else text[:200])
+            raise UnsupportedOpError(op, f"TVM {version('apache-tvm')}'s TFLite frontend", "",
+                                     "import the fp32 .tflite instead, or compile the model from PyTorch "
+                                     "(`convhub compile`)") from exc
         raise ExportError(f"TVM could not import {Path(path).name}: {text[:400]}") from exc
     mod, params = relax.frontend.detach_params(mod)
     main = mod["main"]

@@ -135,3 +135,11 @@ def test_op_litert_cannot_express_is_named(tmp_path):
 def test_manifest_is_json_next_to_file(lite0_tflite):
     text = manifest_path(lite0_tflite.path).read_text()
     assert json.loads(text)["file"]["name"] == "lite0.tflite"
+
+
+def test_int8_file_into_tvm_names_the_ops_its_frontend_lacks(lite0_int8):
+    from compile.tflite_tvm import import_tflite
+    with pytest.raises(UnsupportedOpError) as err:
+        import_tflite(lite0_int8.path)
+    msg = str(err.value)
+    assert "quantized" in msg and "PAD" in msg and "TFLite frontend" in msg and "fp32 .tflite" in msg
