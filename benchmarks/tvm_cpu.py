@@ -102,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
         size = int(hub.info(name).preprocess.input_size)
         gflop = conv_flops(module, size) / 1e9
+        cache: dict = {}  # exports and TVM builds shared by the batch sizes of this model
         for batch in batches:
             backends = ["onnxruntime", "torch", "tvm"] + (["tvm-untuned"] if batch in untuned_b else [])
             res = bench.benchmark(name, backends, [batch], module=module, size=size, rounds=args.rounds,
-                                  seconds=args.seconds, threads=threads)
+                                  seconds=args.seconds, threads=threads, cache=cache)
             by = {r.backend: r for r in res}
             all_rows += [dict(r.__dict__, model=name, gflop=gflop) for r in res]
 

@@ -85,7 +85,7 @@ def _torch_factory(ctx: BenchContext, batch: int) -> Runner:
 
 
 def _onnx_path(ctx: BenchContext) -> Path:
-    if "onnx" not in ctx.cache:
+    if "onnx" not in ctx.cache or not Path(ctx.cache["onnx"]).exists():
         from compile.onnx_export import export_onnx
 
         ctx.cache["onnx"] = export_onnx(ctx.module, ctx.workdir / f"{ctx.name}.onnx", dynamic_batch=True, max_batch=64)
@@ -105,21 +105,25 @@ def _ort_factory(ctx: BenchContext, batch: int) -> Runner:
 
 
 def _tvm_build(ctx: BenchContext, batch: int, tuned: bool):
-    """(Compiled, note) for a static batch; tuned uses --tvm-db or the shipped database for batch 1."""
+    """(Compiled or None, note) for a static batch; tuned uses --tvm-db or the shipped database."""
     from compile import tuning
 
     preset, target = _preset_target(ctx.target)
     shape = (batch, 3, ctx.size, ctx.size)
-    key = f"tvm-mod-{batch}"
-    if key not in ctx.cache:
-        ctx.cache[key] = tuning.export_relax(ctx.module, shape, ctx.name)
-    mod, params = ctx.cache[key]
-    if not tuned:
-        return tuning.build(mod, params, target), "untuned (default pipeline)"
-    db = Path(ctx.tvm_db) if ctx.tvm_db else tuning.find_database(ctx.name, preset, shape, target=target)
-    if db is None:
-        return None, f"no tuned database for {ctx.name} / {preset} / {tuning.shape_key(shape)}"
-    return tuning.build(mod, params, target, db), f"tuned db {db.name if ctx.tvm_db else _short(db)}"
+    db = None
+    if tuned:
+        db = Path(ctx.tvm_db) if ctx.tvm_db else tuning.find_database(ctx.name, preset, shape, target=target)
+        if db is None:
+            return None, f"no tuned database for {ctx.name} / {preset} / {tuning.shape_key(shape)}"
+    bkey = f"tvm-{'tuned' if tuned else 'untuned'}-{batch}"
+    if bkey not in ctx.cache:
+        mkey = f"tvm-mod-{batch}"
+        if mkey not in ctx.cache:
+            ctx.cache[mkey] = tuning.export_relax(ctx.module, shape, ctx.name)
+        mod, params = ctx.cache[mkey]
+        ctx.cache[bkey] = tuning.build(mod, params, target, db)
+    return ctx.cache[bkey], (f"tuned db {db.name if ctx.tvm_db else _short(db)}" if tuned
+                             else "untuned (default pipeline)")
 
 
 def _short(p: Path) -> str:
@@ -139,21 +143,21 @@ def _preset_target(preset: str | None):
 def _tvm_factory(ctx: BenchContext, batch: int) -> Runner:
     compiled, note = _tvm_build(ctx, batch, tuned=True)
     if compiled is not None:
-        return Runner(compiled, note=note)
+        return Runner(compiled.run_numpy, note=note)  # numpy out, like ORT
     if batch > 1:
         # Tuned schedules are per static shape; with only a batch-1 database, running the batch-1 kernels
         # image by image is far faster than untuned batch-B kernels, and is what a server would do.
         one, note1 = _tvm_build(ctx, 1, tuned=True)
         if one is not None:
             def run(x: np.ndarray):
-                return [one(x[i:i + 1]) for i in range(x.shape[0])]
+                return [one.run_numpy(x[i:i + 1]) for i in range(x.shape[0])]
             return Runner(run, note=f"batch-1 {note1}, looped x{batch}")
     raise RuntimeError(note + " (run `convhub tune`, or use backend tvm-untuned)")
 
 
 def _tvm_untuned_factory(ctx: BenchContext, batch: int) -> Runner:
     compiled, note = _tvm_build(ctx, batch, tuned=False)
-    return Runner(compiled, note=note, max_runs_per_round=1, max_rounds=3)
+    return Runner(compiled.run_numpy, note=note, max_runs_per_round=1, max_rounds=3)
 
 
 #: backend name -> factory(ctx, batch) -> Runner. Other packages add theirs (e.g. "litert") here.
@@ -212,12 +216,14 @@ class _RssPeak:
 
 def benchmark(name: str, backends: list[str], batches: list[int], *, module=None, size: int | None = None,
               rounds: int = 7, seconds: float = 0.5, threads: int | None = None, target: str | None = None,
-              tvm_db: str | None = None, random_init: bool = False, log=None) -> list[Result]:
+              tvm_db: str | None = None, random_init: bool = False, log=None,
+              cache: dict[str, Any] | None = None) -> list[Result]:
     """Measure `backends` on `name` at each batch size, interleaved; returns one Result per (backend, batch).
 
     Peak memory is the RSS high-water mark during a backend's setup and warm-up minus RSS before it
     (all backends share one process, so this is what each one adds; torch's eager module is shared and
-    counted before any backend starts).
+    counted before any backend starts). `cache` (a dict the caller keeps) lets several calls on the
+    same model share exports and TVM builds.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     _load_plugins()
@@ -235,7 +241,8 @@ def benchmark(name: str, backends: list[str], batches: list[int], *, module=None
         size = int(hub.info(name).preprocess.input_size)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="convhub-bench-") as tmp:
-        ctx = BenchContext(name, module, size, threads, Path(tmp), target, tvm_db)
+        ctx = BenchContext(name, module, size, threads, Path(tmp), target, tvm_db,
+                           cache if cache is not None else {})
         rng = np.random.default_rng(0)
         for batch in batches:
             x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)

@@ -272,6 +272,13 @@ def preload_tensor_intrinsics() -> None:
         inspect.stack = orig
 
 
+def _worker_init() -> None:
+    """Builder/runner worker start-up: MetaSchedule's default_build imports tensor_intrin in every
+    fresh worker (LocalBuilder restarts its pool for each batch); the slow import ran into the build
+    time-out on this busy machine and lost whole batches."""
+    preload_tensor_intrinsics()
+
+
 @dataclass
 class TuneReport:
     """What a tuning run did."""
@@ -395,9 +402,10 @@ def _tune_tasks(ms, contexts, weights, work_dir, remaining, per_task_cap, num_tr
     ms.tune.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=str(work_dir),
         max_trials_global=remaining, max_trials_per_task=per_task_cap, num_trials_per_iter=num_trials_per_iter,
-        builder=ms.builder.LocalBuilder(timeout_sec=builder_timeout, max_workers=builder_workers),
+        builder=ms.builder.LocalBuilder(timeout_sec=builder_timeout, max_workers=builder_workers,
+                                        initializer=_worker_init),
         runner=ms.runner.LocalRunner(timeout_sec=runner_timeout, evaluator_config=ms.runner.EvaluatorConfig(
-            number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)),
+            number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False), initializer=_worker_init),
         database=db, measure_callbacks=callbacks, cost_model=cost_model, module_equality="structural")
 
 
