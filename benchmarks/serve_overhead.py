@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 def _load_test():
     spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["load_test"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="server max batch = in-process batch")
     p.add_argument("--delay-ms", type=float, default=5.0, help="server max queue delay")
     p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the time is split among them)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     a = p.parse_args(argv)
 
@@ -94,21 +97,32 @@ def main(argv: list[str] | None = None) -> int:
         x = np.repeat(pre(photo).numpy()[None], a.batch, axis=0)
         buf = io.BytesIO()
         photo.save(buf, "JPEG", quality=90)
-        rows = []
-        for mode in ("binary", "jpeg"):
-            base = in_process(backend, x, a.seconds)
-            rep = lt.run(srv.url, a.model, duration=a.seconds, requests=None, concurrency=a.clients, modes=[mode],
-                         batch=1, api_key=None)
-            extra = in_process_jpeg(backend, buf.getvalue(), pre, a.batch, a.seconds) if mode == "jpeg" else None
-            rows.append({"mode": mode, "http_img_s": rep["images_per_s"], "in_process_img_s": base,
-                         "in_process_with_decode_img_s": extra, "ratio": rep["images_per_s"] / base,
-                         "p50_ms": rep["p50_ms"], "p99_ms": rep["p99_ms"], "errors": rep["errors"]})
+        # interleave short rounds: other jobs on these cores then load both sides alike
+        acc = {m: {"http": 0.0, "base": 0.0, "decode": 0.0, "lat": [], "errors": 0} for m in ("binary", "jpeg")}
+        per = a.seconds / a.rounds
+        for _ in range(a.rounds):
+            for mode in ("binary", "jpeg"):
+                acc[mode]["base"] += in_process(backend, x, per) / a.rounds
+                rep = lt.run(srv.url, a.model, duration=per, requests=None, concurrency=a.clients, modes=[mode],
+                             batch=1, api_key=None)
+                acc[mode]["http"] += rep["images_per_s"] / a.rounds
+                acc[mode]["lat"] += [rep["p50_ms"], rep["p99_ms"]]
+                acc[mode]["errors"] += rep["errors"]
+                if mode == "jpeg":
+                    acc[mode]["decode"] += in_process_jpeg(backend, buf.getvalue(), pre, a.batch, per) / a.rounds
+        rows = [{"mode": m, "http_img_s": v["http"], "in_process_img_s": v["base"],
+                 "in_process_with_decode_img_s": v["decode"] or None, "ratio": v["http"] / v["base"],
+                 "p50_ms": float(np.median(v["lat"][0::2])), "p99_ms": float(max(v["lat"][1::2])),
+                 "errors": v["errors"]} for m, v in acc.items()]
+        batches = [ln for ln in httpx.get(srv.url + "/metrics").text.splitlines()
+                   if ln.startswith("convhub_batch_size_sum") or ln.startswith("convhub_batch_size_count")]
+        print("server batches: " + "; ".join(batches), file=sys.stderr)
     finally:
         srv.stop()
     when = datetime.date.today().isoformat()
     print(f"\nserving overhead, {a.model}, backend {backend.kind}, {threads} cores ({platform.machine()}), {when}; "
           f"{a.clients} clients x 1 image/request, server max batch {a.batch} (delay {a.delay_ms:g} ms), "
-          f"in-process batch {a.batch}, {a.seconds:g} s each")
+          f"in-process batch {a.batch}, {a.seconds:g} s each in {a.rounds} interleaved rounds")
     print(f"{'input':8} {'HTTP img/s':>11} {'in-proc img/s':>14} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'errors':>7} {'in-proc + decode img/s':>23}")
     for r in rows:
