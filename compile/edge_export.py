@@ -49,6 +49,8 @@ def check_request(fmt: str, out: str | os.PathLike, quantize: str | None, calibr
         raise ExportError(f"unknown quantization {quantize!r}; accepted: {', '.join(QUANTIZATIONS)}")
     if quantize is not None and fmt != "tflite":
         raise ExportError(f"--quantize {quantize} is offered for --format tflite; ONNX files are exported in fp32")
+    if calibration is not None and quantize != "int8":
+        raise ExportError("--calibration is used only with --quantize int8 (fp32 and fp16 need no calibration)")
     out = Path(out)
     if out.suffix.lower() != SUFFIXES[fmt]:
         raise ExportError(f"--out for --format {fmt} must end in {SUFFIXES[fmt]}, got {str(out)!r}")

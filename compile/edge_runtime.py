@@ -26,6 +26,9 @@ class OnnxRunner:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = _threads(num_threads)
         opts.inter_op_num_threads = 1
+        # idle worker threads otherwise spin for a while after each run, taking the cores from whatever runs
+        # next (another model, another runtime): on a shared or small CPU that costs more than it saves
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

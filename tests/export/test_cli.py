@@ -30,6 +30,7 @@ def test_export_onnx_pooled_writes_verified_file_and_manifest(tmp_path, capsys):
     (["--format", "tflite", "--out", "q.tflite", "--quantize", "int8"], "int8 quantization needs calibration data"),
     (["--format", "onnx", "--out", "q.onnx", "--quantize", "int8"], "offered for --format tflite"),
     (["--format", "tflite", "--out", "q.onnx"], "must end in .tflite"),
+    (["--format", "tflite", "--out", "q.tflite", "--calibration", "."], "used only with --quantize int8"),
     (["--format", "tflite", "--out", "q.tflite", "--quantize", "int8", "--calibration", "no/such/dir"],
      "does not exist or is not a directory"),
 ])

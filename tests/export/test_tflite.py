@@ -143,3 +143,22 @@ def test_int8_file_into_tvm_names_the_ops_its_frontend_lacks(lite0_int8):
         import_tflite(lite0_int8.path)
     msg = str(err.value)
     assert "quantized" in msg and "PAD" in msg and "TFLite frontend" in msg and "fp32 .tflite" in msg
+
+
+def test_bench_backends_run_the_files(tmp_path, lite0_tflite, features_model, photo_batch):
+    from compile import bench
+    from compile.edge_bench import backends
+
+    bench._load_plugins()
+    assert {"litert", "litert-fp16", "litert-int8", "onnxruntime"} <= set(bench.BACKENDS)
+    assert set(backends()) == {"onnxruntime", "litert"}
+    ctx = bench.BenchContext(name=MODEL, module=features_model, size=224, threads=2, workdir=tmp_path,
+                             cache={"tflite": lite0_tflite.path})  # reuse the session's export
+    x = photo_batch[:2].numpy()
+    with torch.no_grad():
+        ref = features_model(photo_batch[:2])
+    for name, floor in (("litert", 0.9999), ("litert-fp16", 0.999)):
+        runner = bench.BACKENDS[name](ctx, 2)
+        got = runner.run(x)
+        assert "looped x2" in runner.note
+        assert cosine(got["stage5"], ref["stage5"].numpy()) >= floor, name
