@@ -13,7 +13,7 @@ from rich.table import Table
 from .errors import HubError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 # packages that plug subcommands in (module path -> add_commands); missing ones are skipped
 PLUGINS = ("compile.cli", "compile.bench_cli", "compile.export_cli", "serve.cli")
