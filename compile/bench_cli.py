@@ -57,6 +57,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--strategy", choices=["evolutionary", "replay-trace"], default="evolutionary",
                    help="search strategy; replay-trace (random sampling, no cost model) is far cheaper per "
                         "round on a small busy machine and as good for <= ~32 trials per task")
+    t.add_argument("--top-tasks", type=int, default=None,
+                   help="tune only the K kernels with the most FLOPs (results arrive after each full round)")
     t.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds (records kept)")
     t.add_argument("--ship", action="store_true",
                    help="also write the pruned best records into compile/databases/ for this model/preset/shape")
@@ -104,7 +106,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     rep = tuning.tune(mod, target, args.db, total_trials=args.trials, max_trials_per_task=args.max_trials_per_task,
                       num_trials_per_iter=args.trials_per_iter, builder_timeout=args.builder_timeout,
                       runner_timeout=args.runner_timeout, time_limit=args.time_limit,
-                      strategy=args.strategy)
+                      strategy=args.strategy, top_tasks=args.top_tasks)
     print(f"[tune] done: {rep.trials_run} trials this run ({rep.failures} failed), {rep.trials_before} before, "
           f"{rep.tasks} tasks, {rep.seconds:.0f} s", flush=True)
     fields = {"model": args.name, "input_shape": list(shape), "target": dict(target) if isinstance(target, dict)

@@ -290,6 +290,7 @@ class TuneReport:
     seconds: float
     failures: int = 0
     timed_out: bool = False
+    round_size: int = 0
     per_task_best_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -320,7 +321,9 @@ def _progress_callback(total: int, task_names: list[str], out, report: TuneRepor
             print(f"[tune] {report.trials_run}/{total} trials  {time.time() - t0:7.0f} s  task {task_id + 1}/"
                   f"{len(task_names)} {name}: {ok}/{n} ok, batch best {best:.3f} ms, task best "
                   f"{report.per_task_best_ms.get(name, float('nan')):.3f} ms", file=out, flush=True)
-            if deadline is not None and time.time() > deadline:
+            if deadline is not None and time.time() > deadline and report.trials_run >= report.round_size:
+                # MetaSchedule joins a round's results task by task; stopping only after a whole round keeps
+                # every measured candidate of it.
                 report.timed_out = True
                 raise _TimeUp("tuning time limit reached")
 
@@ -330,7 +333,8 @@ def _progress_callback(total: int, task_names: list[str], out, report: TuneRepor
 def tune(mod, target, work_dir: Path | str, *, total_trials: int, max_trials_per_task: int | None = None,
          num_trials_per_iter: int = 32, builder_timeout: float = 120.0, runner_timeout: float = 60.0,
          builder_workers: int | None = None, population_size: int = 256, seed: int | None = None,
-         time_limit: float | None = None, strategy: str = "evolutionary", out=sys.stdout) -> TuneReport:
+         time_limit: float | None = None, strategy: str = "evolutionary", top_tasks: int | None = None,
+         out=sys.stdout) -> TuneReport:
     """MetaSchedule-tune a Relax module (pre-pipeline) into the JSON database at `work_dir`.
 
     Resumable: `total_trials` and `max_trials_per_task` count records already in `work_dir`, so an
@@ -364,7 +368,10 @@ def tune(mod, target, work_dir: Path | str, *, total_trials: int, max_trials_per
     before = sum(done)
     remaining = max(0, total_trials - before)
     selected = [t for t, n in zip(tasks, done) if n < per_task_cap]
+    if top_tasks is not None:
+        selected = sorted(selected, key=_task_cost, reverse=True)[:top_tasks]
     report = TuneReport(tasks=len(tasks), tasks_tuned=len(selected), trials_run=0, trials_before=before, seconds=0.0)
+    report.round_size = len(selected) * max(1, min(num_trials_per_iter, remaining))
     print(f"[tune] {len(tasks)} tasks, {before} records already in {work_dir}; {len(selected)} tasks to tune, "
           f"budget {remaining} trials (max {per_task_cap} per task)", file=out, flush=True)
     if remaining == 0 or not selected:
@@ -395,6 +402,15 @@ def tune(mod, target, work_dir: Path | str, *, total_trials: int, max_trials_per
         print(f"[tune] time limit of {time_limit:.0f} s reached; records so far are kept", file=out, flush=True)
     report.seconds = time.time() - t0
     return report
+
+
+def _task_cost(task) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+    except Exception:  # tasks TVM cannot count (no loops) are cheap ones
+        return 0.0
 
 
 def _tune_tasks(ms, contexts, weights, work_dir, remaining, per_task_cap, num_trials_per_iter, builder_timeout,
