@@ -130,8 +130,10 @@ def test_transforms_follow_the_registry():
 
 
 def test_dtype_argument():
-    m = hub.load("efficientnet-lite0", output="pooled", dtype=torch.float64)
-    assert m(torch.zeros(1, 3, 224, 224, dtype=torch.float64)).dtype == torch.float64
+    m = hub.load("efficientnet-lite0", stages=["stage2"], output="pooled", dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in m.parameters())
+    with torch.inference_mode():
+        assert m(torch.zeros(1, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_torch_export_with_dynamic_batch(lite0, photos):
