@@ -58,7 +58,7 @@ _FRESH = textwrap.dedent("""
     net = _tiny_net()
     mod, params = tuning.export_relax(net, SHAPE, "tiny")
     applied = tuning.apply_database(mod, tuning.HOST_X86_TARGET, {db!r})
-    scheduled = sorted(gv.name for gv, f in applied.functions.items()
+    scheduled = sorted(getattr(gv, "name_hint", None) or gv.name for gv, f in applied.functions.items()
                        if f.attrs is not None and any(k in f.attrs and bool(f.attrs[k])
                                                       for k in ("tirx.is_scheduled", "tir.is_scheduled")))
     x = np.random.default_rng(1).standard_normal(SHAPE, dtype=np.float32)
