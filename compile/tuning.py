@@ -51,7 +51,7 @@ def _canonical_model(model_name: str) -> str:
         import hub
 
         entry = hub.info(model_name)
-        return entry.name
+        return getattr(entry, "alias_of", None) or entry.name
     except Exception:  # the registry is optional here: an unknown name simply has no database
         return model_name
 
