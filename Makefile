@@ -32,5 +32,16 @@ run: setup
 bench: setup
 	$(BIN)/python benchmarks/hub_load.py
 
+# bounded soak against a server started with `make run` (loopback only; stops by itself)
+soak: setup
+	$(BIN)/python scripts/load_test.py --url http://127.0.0.1:8000 --requests 3000 --duration 1200 --concurrency 8
+
+# extend the shipped tuning databases in the background (log in tune-*.log); resumable
+TUNE_MODEL ?= efficientnet-lite0
+tune: setup
+	nohup $(BIN)/convhub tune $(TUNE_MODEL) --target host --trials 2048 --max-trials-per-task 64 \
+	  --db .cache/tune-$(TUNE_MODEL) --time-limit 7200 > tune-$(TUNE_MODEL).log 2>&1 &
+	@echo "tuning $(TUNE_MODEL) in the background: tail -f tune-$(TUNE_MODEL).log"
+
 clean:
 	rm -rf $(VENV) build *.egg-info
