@@ -4,7 +4,6 @@ Layout (docs/compile.md):  DIR/manifest.json, DIR/model.so (or model.tar), DIR/p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hub.errors import InputShapeError
+from hub.integrity import sha256_file  # one streamed hasher for weights and artifacts
 
 from .errors import ArtifactChecksumError, ArtifactError, BatchRangeError, WrongPlatformError
 
@@ -24,13 +24,6 @@ MANIFEST = "manifest.json"
 PARAMS = "params.safetensors"
 PARAM_ORDER_KEY = "convhub.param_order"  # safetensors metadata: comma-separated names in call order
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
