@@ -64,7 +64,11 @@ def expected_sha256(source_key: str, pinned: str | None) -> str | None:
 
 def verify_file(path: str | os.PathLike, source_key: str, pinned: str | None) -> str:
     """Hash `path`; compare with the pin or the lock entry (recording it on first use). Returns the digest."""
-    actual = sha256_file(path)
+    return check_digest(path, sha256_file(path), source_key, pinned)
+
+
+def check_digest(path: str | os.PathLike, actual: str, source_key: str, pinned: str | None) -> str:
+    """Compare an already computed digest of `path` with the pin or the lock entry (recording it on first use)."""
     expected = expected_sha256(source_key, pinned)
     if expected is None:
         expected = record_lock(source_key, actual)

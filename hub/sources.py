@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .cache import hf_cache_dir, url_cache_path
 from .errors import ChecksumError, OfflineError, WeightsError
-from .integrity import sha256_file, verify_file
+from .integrity import check_digest, sha256_file, verify_file
 from .registry import FileSource, HFSource, PackageSource, URLSource
 
 try:  # huggingface_hub 2.x speaks through httpx2, a fork with its own exception classes
@@ -78,13 +78,13 @@ def package_path(src: PackageSource, must_exist: bool = True) -> Path | None:
 
 # --- fetching ----------------------------------------------------------------------------------
 
-def fetch(src, *, progress: bool = True) -> Path:
-    """Return a verified local file for `src`, downloading it if needed."""
+def fetch(src, *, progress: bool = True) -> tuple[Path, str]:
+    """A verified local file for `src` and its sha256, downloading it if needed."""
     if isinstance(src, URLSource):
-        path = _fetch_url(src, progress=progress)
-    elif isinstance(src, HFSource):
-        path = _fetch_hf(src, progress=progress)
-    elif isinstance(src, PackageSource):
+        return _fetch_url(src, progress=progress)
+    if isinstance(src, HFSource):
+        return _fetch_hf(src, progress=progress)
+    if isinstance(src, PackageSource):
         path = package_path(src)
     elif isinstance(src, FileSource):
         path = Path(os.path.expanduser(src.path))
@@ -92,10 +92,10 @@ def fetch(src, *, progress: bool = True) -> Path:
             raise WeightsError(f"{src.describe()}: no such file")
     else:
         raise TypeError(f"unknown source type {type(src).__name__}")
-    return path
+    return path, verify_file(path, source_key(src), src.sha256)
 
 
-def _fetch_hf(src: HFSource, *, progress: bool) -> Path:
+def _fetch_hf(src: HFSource, *, progress: bool) -> tuple[Path, str]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -116,11 +116,10 @@ def _fetch_hf(src: HFSource, *, progress: bool) -> Path:
         raise OfflineError(f"{src.describe()}: download failed ({_short(exc)})") from None
     path = Path(p)
     try:
-        verify_file(path, source_key(src), src.sha256)
+        return path, verify_file(path, source_key(src), src.sha256)
     except ChecksumError:
         _evict_hf(path)
         raise
-    return path
 
 
 def _hf_preflight(src: HFSource, endpoint: str | None) -> None:
@@ -146,14 +145,13 @@ def _evict_hf(path: Path) -> None:
         blob.unlink(missing_ok=True)
 
 
-def _fetch_url(src: URLSource, *, progress: bool) -> Path:
+def _fetch_url(src: URLSource, *, progress: bool) -> tuple[Path, str]:
     dest = url_cache_path(src.url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # One process downloads; a concurrent one waits here and then finds the finished file.
     with FileLock(str(dest) + ".lock"):
         if dest.is_file():
-            verify_file(dest, source_key(src), src.sha256)
-            return dest
+            return dest, verify_file(dest, source_key(src), src.sha256)
         if offline():
             raise OfflineError(f"{src.url}: not cached and offline mode is on")
         tmp = _download(src.url, dest, progress=progress)
@@ -161,11 +159,11 @@ def _fetch_url(src: URLSource, *, progress: bool) -> Path:
             digest = sha256_file(tmp)
             if src.sha256_prefix and not digest.startswith(src.sha256_prefix):
                 raise ChecksumError(src.url, src.sha256_prefix + "...", digest, "registry sha256 prefix")
-            verify_file(tmp, source_key(src), src.sha256)
+            check_digest(tmp, digest, source_key(src), src.sha256)  # only now may first use record it
             os.replace(tmp, dest)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    return dest
+    return dest, digest
 
 
 def _download(url: str, dest: Path, *, progress: bool) -> Path:

@@ -38,8 +38,8 @@ def resolve(entry: ModelEntry, *, weights: str | os.PathLike | None = None, prog
         if isinstance(src, (sources.PackageSource, sources.FileSource)):
             continue  # not cached above means absent; nothing to download
         try:
-            p = sources.fetch(src, progress=progress)
-            return ResolvedWeights(p, sha256_file(p), src.describe(), (src.key_map,))
+            p, digest = sources.fetch(src, progress=progress)
+            return ResolvedWeights(p, digest, src.describe(), (src.key_map,))
         except ChecksumError:
             raise
         except WeightsError as exc:
