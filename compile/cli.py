@@ -12,9 +12,8 @@ from .errors import VerificationError
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .build import compile_model
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     try:
-        result = compile_model(args.name, target=args.target, out=args.out, output=args.output, stages=stages,
+        result = compile_model(args.name, target=args.target, out=args.out, output=args.output, stages=args.stages or None,
                                max_batch=args.max_batch, photos=args.photos, pretrained=not args.random_weights,
                                force=args.force)
     except VerificationError as exc:  # the job ran and failed: exit 1, not a usage error

@@ -9,9 +9,8 @@ from .errors import VerificationError
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .edge_export import export_model
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     try:
-        result = export_model(args.name, args.format, args.out, output=args.output, stages=stages,
+        result = export_model(args.name, args.format, args.out, output=args.output, stages=args.stages or None,
                               quantize=args.quantize, calibration=args.calibration, photos=args.photos,
                               max_batch=args.max_batch, max_calibration=args.max_calibration)
     except VerificationError as exc:  # the job ran and failed: exit 1, not a usage error

@@ -19,8 +19,8 @@ def select_stages(entry: ModelEntry, stages: Sequence[str] | str | None) -> list
     valid = entry.stage_names
     if stages is None:
         return valid
-    if isinstance(stages, str):
-        stages = [s for s in stages.split(",") if s]
+    if isinstance(stages, str):  # "a, b" from a command line
+        stages = [s.strip() for s in stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in valid]
     if bad or not stages:
         raise StageError(f"{entry.name}: invalid stage(s) {bad or '(none given)'}; valid stages are {valid}")
