@@ -13,6 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from hub.cache import atomic_write_bytes
+
 from .artifact import sha256_file
 from .edge_errors import ExportError
 
@@ -68,9 +70,7 @@ def build_manifest(file: Path, module, *, fmt: str, quantize: str | None, input_
 def write_manifest(file: str | os.PathLike, manifest: dict[str, Any]) -> Path:
     """Write `manifest` next to `file` atomically; returns its path."""
     dest = manifest_path(file)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, dest)
+    atomic_write_bytes(dest, (json.dumps(manifest, indent=2) + "\n").encode())
     return dest
 
 
