@@ -104,26 +104,30 @@ def _ort_factory(ctx: BenchContext, batch: int) -> Runner:
     return Runner(lambda x: sess.run(None, {in_name: x}), note=f"CPUExecutionProvider, {ctx.threads} threads")
 
 
-def _tvm_build(ctx: BenchContext, batch: int, tuned: bool):
-    """(Compiled or None, note) for a static batch; tuned uses --tvm-db or the shipped database."""
+def _tvm_build(ctx: BenchContext, batch: int, schedule: str):
+    """(Compiled or None, note) for a static batch.
+
+    schedule: "rules" (our schedule rules, what `convhub compile` builds), "tuned" (--tvm-db or the shipped
+    MetaSchedule database) or "stock" (TVM's default pipeline, no schedules).
+    """
     from compile import tuning
 
     preset, target = _preset_target(ctx.target)
     shape = (batch, 3, ctx.size, ctx.size)
     db = None
-    if tuned:
+    if schedule == "tuned":
         db = Path(ctx.tvm_db) if ctx.tvm_db else tuning.find_database(ctx.name, preset, shape, target=target)
         if db is None:
             return None, f"no tuned database for {ctx.name} / {preset} / {tuning.shape_key(shape)}"
-    bkey = f"tvm-{'tuned' if tuned else 'untuned'}-{batch}"
+    bkey = f"tvm-{schedule}-{batch}"
     if bkey not in ctx.cache:
         mkey = f"tvm-mod-{batch}"
         if mkey not in ctx.cache:
             ctx.cache[mkey] = tuning.export_relax(ctx.module, shape, ctx.name)
         mod, params = ctx.cache[mkey]
-        ctx.cache[bkey] = tuning.build(mod, params, target, db)
-    return ctx.cache[bkey], (f"tuned db {db.name if ctx.tvm_db else _short(db)}" if tuned
-                             else "untuned (default pipeline)")
+        ctx.cache[bkey] = tuning.build(mod, params, target, db, schedule=schedule)
+    notes = {"rules": "convhub schedule rules, no tuning", "stock": "TVM default pipeline (no schedules)"}
+    return ctx.cache[bkey], (f"tuned db {db.name if ctx.tvm_db else _short(db)}" if db else notes[schedule])
 
 
 def _short(p: Path) -> str:
@@ -141,22 +145,27 @@ def _preset_target(preset: str | None):
 
 
 def _tvm_factory(ctx: BenchContext, batch: int) -> Runner:
-    compiled, note = _tvm_build(ctx, batch, tuned=True)
+    compiled, note = _tvm_build(ctx, batch, "rules")
+    return Runner(compiled.run_numpy, note=note)  # numpy out, like ORT
+
+
+def _tvm_tuned_factory(ctx: BenchContext, batch: int) -> Runner:
+    compiled, note = _tvm_build(ctx, batch, "tuned")
     if compiled is not None:
-        return Runner(compiled.run_numpy, note=note)  # numpy out, like ORT
+        return Runner(compiled.run_numpy, note=note)
     if batch > 1:
         # Tuned schedules are per static shape; with only a batch-1 database, running the batch-1 kernels
         # image by image is far faster than untuned batch-B kernels, and is what a server would do.
-        one, note1 = _tvm_build(ctx, 1, tuned=True)
+        one, note1 = _tvm_build(ctx, 1, "tuned")
         if one is not None:
             def run(x: np.ndarray):
                 return [one.run_numpy(x[i:i + 1]) for i in range(x.shape[0])]
             return Runner(run, note=f"batch-1 {note1}, looped x{batch}")
-    raise RuntimeError(note + " (run `convhub tune`, or use backend tvm-untuned)")
+    raise RuntimeError(note + " (run `convhub tune`, or use backend tvm)")
 
 
 def _tvm_untuned_factory(ctx: BenchContext, batch: int) -> Runner:
-    compiled, note = _tvm_build(ctx, batch, tuned=False)
+    compiled, note = _tvm_build(ctx, batch, "stock")
     return Runner(compiled.run_numpy, note=note, max_runs_per_round=1, max_rounds=3)
 
 
@@ -165,6 +174,7 @@ BACKENDS: dict[str, Callable[[BenchContext, int], Runner]] = {
     "torch": _torch_factory,
     "onnxruntime": _ort_factory,
     "tvm": _tvm_factory,
+    "tvm-tuned": _tvm_tuned_factory,
     "tvm-untuned": _tvm_untuned_factory,
 }
 

@@ -31,7 +31,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch", type=_int_list, default=[1], help="comma-separated batch sizes (default: 1)")
     b.add_argument("--size", type=int, default=None, help="input side (default: the model's input size)")
     b.add_argument("--target", default=None, help="TVM target preset (default: this host)")
-    b.add_argument("--tvm-db", default=None, help="tuning database for the tvm backend (default: the shipped one)")
+    b.add_argument("--tvm-db", default=None,
+                   help="MetaSchedule database for the tvm-tuned backend (default: the shipped one)")
     b.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
     b.add_argument("--seconds", type=float, default=0.5, help="time per backend per round (default: 0.5)")
     b.add_argument("--threads", type=int, default=None, help="threads per backend (default: all cores)")

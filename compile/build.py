@@ -97,13 +97,18 @@ def _module_kinds(mod) -> set[str]:
     return kinds
 
 
-def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool) -> tuple[Any, str | None]:
+SCHEDULES = ("rules", "tuned", "stock")
+
+
+def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool,
+                     schedule: str = "rules") -> tuple[Any, str | None]:
     """(executable, name of the params-transform function or None), checking that device code exists.
 
-    Untuned: tvm.compile with get_default_pipeline(target) (the "default" string does not fuse on CPU, and a
-    pipeline object without dlight silently drops the CUDA module). Tuned: the static_shape_tuning pipeline
-    with total_trials=0 and the database as work_dir (the only way a saved log re-applies, DESIGN.md), then
-    the standard lowering.
+    CPU presets with schedule="rules": compile.cpu_pipeline (NHWC, weights packed at load time, our schedule
+    rules on every kernel). With a database: the static_shape_tuning pipeline with total_trials=0 and the
+    database as work_dir (the only way a saved log re-applies, DESIGN.md), then the standard lowering.
+    Otherwise tvm.compile with get_default_pipeline(target) (the "default" string does not fuse on CPU, and a
+    pipeline object without dlight silently drops the CUDA module).
     """
     from ._tvm import relax, tvm
     target = preset.tvm_target()
@@ -112,20 +117,30 @@ def build_executable(mod, preset: Preset, *, database: Path | None, prepack: boo
         if database is not None:
             mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=0,
                                      work_dir=str(database), cpu_weight_prepack=prepack)(mod)
-            names = [gv.name if hasattr(gv, "name") else gv.name_hint for gv in mod.functions.keys()]
-            transform = "main_transform_params" if "main_transform_params" in names else None
             ex = tvm.compile(mod, target=target)
+        elif preset.device == "cpu" and schedule == "rules":
+            from .cpu_pipeline import cpu_pipeline
+            ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
         else:
             ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
     except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc
+    if "main_transform_params" in _vm_functions(ex):
+        transform = "main_transform_params"
     if preset.device != "cpu":
         kinds = _module_kinds(ex.mod)
         if preset.device not in kinds:
             raise BuildError(f"the {preset.name} build has no {preset.device} device module (modules: "
                              f"{sorted(kinds)}); the kernels would not run on the GPU")
     return ex, transform
+
+
+def _vm_functions(ex) -> set[str]:
+    """Names of the Relax functions in a compiled executable (from its text listing)."""
+    import re
+    text = ex.as_text() if hasattr(ex, "as_text") else ""
+    return set(re.findall(r"@(\w+):", text))
 
 
 def export_library(ex, preset: Preset, path: Path) -> None:
@@ -195,10 +210,13 @@ def _commit(tmp: Path, out: Path) -> None:
 def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str],
                   output: Literal["features", "pooled"] = "features", stages: Sequence[str] | str | None = None,
                   max_batch: int = DEFAULT_MAX_BATCH, photos: int = 3, pretrained: bool = True,
-                  force: bool = False, min_cosine: float | None = None, log: Log = _stderr) -> BuildResult:
+                  force: bool = False, min_cosine: float | None = None, schedule: str = "rules",
+                  log: Log = _stderr) -> BuildResult:
     """Compile hub model `name` for preset `target` into artifact directory `out`, verified against PyTorch.
 
-    `min_cosine` defaults to the fp32 bar (0.9999). Raises UnknownTargetError, ToolchainMissingError,
+    `min_cosine` defaults to the fp32 bar (0.9999). `schedule`: "rules" (default; compile.cpu_pipeline on CPU
+    presets), "tuned" (a MetaSchedule database from `convhub tune`, --max-batch 1) or "stock" (TVM's default
+    pipeline, no schedules; for comparison). Raises UnknownTargetError, ToolchainMissingError,
     UnsupportedOpError, BuildError, VerificationError (cosine below the bar on real photos); on any failure
     nothing is left at `out`.
     """
@@ -209,6 +227,8 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
     preset = get_preset(target)  # first: an unknown preset is reported before anything slow
     if max_batch < 1:
         raise CompileError(f"--max-batch must be >= 1, got {max_batch}")
+    if schedule not in SCHEDULES:
+        raise CompileError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if output not in ("features", "pooled"):
         raise CompileError(f"--output must be 'features' or 'pooled', got {output!r}")
     out = Path(out)
@@ -230,14 +250,19 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                                                                       input_shape=input_shape, max_batch=max_batch)
     with _step(log, timings, "import", "TVM Relax import (from_exported_program)"):
         mod, params, param_names = export_mod.import_program(ep, model_name=entry.name)
-    database, prepack = tuning_database(entry.name, preset, (1, *input_shape)) if max_batch == 1 else (None, False)
-    if max_batch > 1 and tuning_database(entry.name, preset, (1, *input_shape))[0] is not None:
-        log(f"note: a tuned database exists for {entry.name} on {preset.name} at batch 1; tuned schedules are per "
-            "static shape, so compile with --max-batch 1 to use it")
+    database, prepack = None, False
+    if schedule == "tuned":
+        if max_batch != 1:
+            raise CompileError("--schedule tuned needs --max-batch 1: MetaSchedule records are per static shape")
+        database, prepack = tuning_database(entry.name, preset, (1, *input_shape))
+        if database is None:
+            raise CompileError(f"no tuned database for {entry.name} on {preset.name}; run `convhub tune` or use "
+                               "--schedule rules (the default)")
     prepack = prepack and preset.device == "cpu"
-    with _step(log, timings, "build", f"tvm.compile for {preset.name} "
-               + (f"(tuned: {database})" if database else "(untuned)")):
-        ex, params_transform = build_executable(mod, preset, database=database, prepack=prepack)
+    how = {"rules": "convhub schedule rules" if preset.device == "cpu" else "TVM default pipeline",
+           "tuned": f"tuned: {database}", "stock": "TVM default pipeline, no schedules"}[schedule]
+    with _step(log, timings, "build", f"tvm.compile for {preset.name} ({how})"):
+        ex, params_transform = build_executable(mod, preset, database=database, prepack=prepack, schedule=schedule)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -249,7 +274,8 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
         manifest = _manifest(entry.name, module, preset, stages=[s.name for s in module.feature_info],
                              output=output, single=single, pretrained=pretrained, max_batch=max_batch,
                              input_shape=input_shape, preprocess=pre, out_names=out_names, out_shapes=out_shapes,
-                             param_names=param_names, database=database, params_transform=params_transform)
+                             param_names=param_names, database=database, params_transform=params_transform,
+                             schedule=schedule)
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):
             report = run_parity(tmp, manifest, module, photos=photos, log=log,
@@ -276,7 +302,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
 def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: str, single: bool, pretrained: bool,
               max_batch: int, input_shape: tuple[int, int, int], preprocess, out_names: list[str],
               out_shapes: list[list[int | str]], param_names: list[str], database: Path | None,
-              params_transform: str | None) -> dict[str, Any]:
+              params_transform: str | None, schedule: str) -> dict[str, Any]:
     from .export import BATCH
     return {
         "format": FORMAT,
@@ -299,7 +325,7 @@ def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: s
         "outputs": [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(out_names, out_shapes)],
         "params": {"file": PARAMS, "count": len(param_names), "order": param_names},
         "params_transform": params_transform,
-        "tuning": {"database": str(database) if database else None},
+        "tuning": {"schedule": schedule, "database": str(database) if database else None},
         "build": {"tvm_version": version("apache-tvm"), "tvm_ffi_version": version("apache-tvm-ffi"),
                   "torch_version": version("torch"), "convhub_version": _convhub_version(),
                   "host": f"{platform.system()} {platform.machine()}", "timings_s": {}},

@@ -15,7 +15,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     try:
         result = compile_model(args.name, target=args.target, out=args.out, output=args.output, stages=args.stages or None,
                                max_batch=args.max_batch, photos=args.photos, pretrained=not args.random_weights,
-                               force=args.force)
+                               force=args.force, schedule=args.schedule)
     except VerificationError as exc:  # the job ran and failed: exit 1, not a usage error
         print(f"convhub: compile failed: {exc}")
         return 1
@@ -46,6 +46,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-weights", action="store_true",
                    help="compile with seeded random weights (no download; for testing pipelines)")
     p.add_argument("--force", action="store_true", help="replace --out if it already holds something")
+    p.add_argument("--schedule", choices=("rules", "tuned", "stock"), default="rules",
+                   help="rules: convhub's CPU schedule rules, no tuning (default); tuned: the MetaSchedule "
+                        "database from `convhub tune` (needs --max-batch 1); stock: TVM's default pipeline")
     p.set_defaults(func=cmd_compile)
 
     t = sub.add_parser("targets", help="list the compile target presets and how each is verified here")

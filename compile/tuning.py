@@ -204,31 +204,37 @@ class Compiled:
         return [o.numpy() for o in out]
 
 
-def build(mod, params: list, target, work_dir: Path | str | None = None) -> Compiled:
-    """Build for the host CPU; with `work_dir` its tuned schedules are applied, weights pre-packed."""
+def build(mod, params: list, target, work_dir: Path | str | None = None, *, schedule: str = "rules") -> Compiled:
+    """Build for the host CPU. With `work_dir`: its tuned schedules, weights pre-packed. Without: our schedule
+    rules (compile.cpu_pipeline, schedule="rules") or TVM's stock default pipeline (schedule="stock")."""
     import tvm
     from tvm import relax
 
     target = make_target(target)
     dev = tvm.cpu()
+    tparams = [tvm.runtime.tensor(p.numpy() if hasattr(p, "numpy") else p, dev) for p in params]
     if work_dir is not None:
         mod = apply_database(mod, target, work_dir)
         ex = tvm.compile(mod, target=target)
-        vm = relax.VirtualMachine(ex, dev)
-        tparams = [tvm.runtime.tensor(p.numpy() if hasattr(p, "numpy") else p, dev) for p in params]
-        if "main_transform_params" in [n for n in _vm_function_names(mod)]:
-            tparams = list(vm["main_transform_params"](tparams))
-        return Compiled(vm, tparams, dev)
-    with target:
-        mod = relax.get_pipeline("zero")(mod)
-    ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+    elif schedule == "rules":
+        from .cpu_pipeline import cpu_pipeline
+        ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    else:
+        with target:
+            mod = relax.get_pipeline("zero")(mod)
+        ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
     vm = relax.VirtualMachine(ex, dev)
-    tparams = [tvm.runtime.tensor(p.numpy() if hasattr(p, "numpy") else p, dev) for p in params]
+    if _has_function(vm, "main_transform_params"):
+        tparams = list(vm["main_transform_params"](tparams))
     return Compiled(vm, tparams, dev)
 
 
-def _vm_function_names(mod) -> list[str]:
-    return [gv.name if hasattr(gv, "name") else gv.name_hint for gv in mod.functions.keys()]
+def _has_function(vm, name: str) -> bool:
+    try:
+        vm[name]
+    except (AttributeError, KeyError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 def count_records(work_dir: Path | str) -> dict[int, int]:

@@ -1,0 +1,87 @@
+"""The convhub CPU Relax pipeline: NHWC layout, weights packed once, every kernel scheduled by our rules.
+
+Steps, each for a measured reason (docs/performance.md):
+1. `clip` -> `maximum`/`minimum`: relax.clip has no layout-inference rule, so ConvertLayout would wrap every
+   ReLU6 in a pair of transposes and break conv+epilogue fusion; min/max are layout-aware.
+2. ConvertLayout conv2d to NHWC/HWIO: output channels innermost in activations and weights, which is what
+   the register-blocked rule vectorizes over; layout transforms remain only at the input and the outputs.
+3. LiftTransformParams: weight transposes (and folded BatchNorm constants) move to `main_transform_params`,
+   run once when an artifact loads (compile.artifact) instead of on every call.
+4. The standard CPU legalize + fuse passes, then compile.schedules.cpu_rules on every fused kernel.
+"""
+from __future__ import annotations
+
+import math
+
+from ._tvm import relax, tvm
+
+PARAMS_TRANSFORM = "main_transform_params"
+
+
+def _scalar(expr) -> float | None:
+    v = getattr(expr, "value", None)
+    v = getattr(v, "value", v)
+    return None if v is None else float(v)
+
+
+def _clip_to_min_max() -> tvm.transform.Pass:
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Rewrite(PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.clip"):
+                return call
+            x = call.args[0]
+            lo, hi = _scalar(call.args[1]), _scalar(call.args[2])
+            if lo is None or hi is None:
+                return call
+            dtype = (x.ty if hasattr(x, "ty") else x.struct_info).dtype
+            if math.isfinite(lo):
+                x = relax.op.maximum(x, relax.const(lo, dtype))
+            if math.isfinite(hi):
+                x = relax.op.minimum(x, relax.const(hi, dtype))
+            return x
+
+    @tvm.transform.module_pass(opt_level=0, name="ConvhubClipToMinMax")
+    def _pass(mod, _ctx):
+        rewriter = _Rewrite(mod)
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = rewriter.visit_expr(func)
+        return mod
+
+    return _pass
+
+
+def schedule_rules():
+    """Our rules first; dlight's CPU reduction rule for pooling."""
+    from tvm.s_tir import dlight
+    from .schedules.cpu_rules import conv_nhwc, injective
+    return [conv_nhwc, injective, dlight.cpu.Reduction()]
+
+
+def cpu_pipeline(target: "tvm.target.Target") -> tvm.transform.Pass:
+    """Relax pipeline for llvm targets (x86 and aarch64); use as tvm.compile(..., relax_pipeline=...)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.s_tir import dlight
+
+    @tvm.transform.module_pass(opt_level=0, name="ConvhubCPUPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential([
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                _clip_to_min_max(),
+                relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+                relax.transform.LiftTransformParams(),
+                *cpu.library_dispatch_passes(target),
+                *cpu.legalize_passes(target),
+                dlight.ApplyDefaultSchedule(*schedule_rules()),
+                *cpu.dataflow_lower_passes(target),
+                *cpu.finalize_passes(target),
+            ])
+            return seq(mod)
+
+    return _pipeline

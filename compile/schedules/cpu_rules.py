@@ -1,0 +1,171 @@
+"""dlight-style CPU schedule rules: a good schedule for every kernel of a conv net, with no search.
+
+The apache-tvm wheel has no CPU conv schedules (the Relay-era TOPI x86 templates are gone), so an untuned
+build runs scalar, single-threaded loops. These rules give each fused PrimFunc a fixed schedule:
+
+- `ConvNHWC`: conv2d / depthwise conv2d in NHWC with HWIO weights (see compile.cpu_pipeline) plus its fused
+  epilogue (folded BatchNorm, ReLU/ReLU6/hardswish, residual add). Register tile of `tw` output columns x
+  `tk` vectors of output channels held in registers while the whole reduction (kh, kw, cin) runs; the
+  epilogue is applied when the tile is written back, so the conv output never goes to memory unfused.
+- `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop.
+- dlight's own CPU `Reduction` handles pooling (means).
+
+They are the design space a search would start from; `tile_choices` is where a tuner would plug in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
+
+
+@dataclass(frozen=True)
+class VectorISA:
+    """Vector width (fp32 lanes) and the number of vector registers the accumulator tile may use."""
+
+    lanes: int
+    acc_registers: int
+
+
+def vector_isa(target: Target) -> VectorISA:
+    """AVX-512: 16 lanes, 32 zmm; AVX2: 8 lanes, 16 ymm; NEON (aarch64): 4 lanes, 32 q registers."""
+    attrs = target.attrs
+    mcpu = str(attrs.get("mcpu", "") or "")
+    feats = " ".join(str(a) for a in (attrs.get("mattr", None) or []))
+    triple = str(attrs.get("mtriple", "") or "")
+    if "aarch64" in triple or "arm" in triple:
+        return VectorISA(4, 24)
+    if "avx512" in feats or mcpu in ("skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids",
+                                     "znver4", "znver5", "cooperlake", "tigerlake", "icelake-client", "x86-64-v4"):
+        return VectorISA(16, 24)
+    return VectorISA(8, 12)
+
+
+def tile_choices(width: int, out_channels: int, isa: VectorISA) -> tuple[int, int]:
+    """(tw output columns, tk channel vectors) for the register tile: the largest tile that fits.
+
+    tw must divide the output width and tk the channel vectors, so no loop gets a tail; ties go to the
+    larger tk (each broadcast input value feeds more FMAs).
+    """
+    vecs = out_channels // isa.lanes
+    best = (1, 1)
+    import os
+    for tk in range(1, min(vecs, isa.acc_registers, int(os.environ.get('TKMAX', 99))) + 1):
+        if vecs % tk:
+            continue
+        for tw in range(1, min(width, 16) + 1):
+            if width % tw or tw * tk > isa.acc_registers + 2:  # +2: one spare pair still fits 16 ymm
+                continue
+            if (tw * tk, tk) > (best[0] * best[1], best[1]):
+                best = (tw, tk)
+    return best
+
+
+def _static(extent) -> int | None:
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    return _static(sch.get(loop).extent)
+
+
+def _is_copy(sch: s_tir.Schedule, block) -> bool:
+    """A block that only copies (a pad with zero padding): inlining it costs nothing."""
+    body = sch.get(block).body
+    return isinstance(body, tirx.BufferStore) and type(body.value).__name__ in ("BufferLoad", "TensorLoad")
+
+
+def _schedule_plain_loops(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Parallel over everything but the innermost loop, which is vectorized when it divides evenly."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    ext = _extent(sch, inner)
+    if ext is not None and ext % lanes == 0 and ext >= lanes:
+        outer_i, inner = sch.split(inner, [None, lanes])
+        loops = [*loops[:-1], outer_i]
+        sch.vectorize(inner)
+    else:
+        loops = loops[:-1]
+    if loops:
+        sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+@ScheduleRule.from_callable("ConvNHWC")
+def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+    """Register-blocked NHWC conv2d (regular, grouped-depthwise) with its epilogue fused into the write-back."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    convs = [i for i, n in enumerate(names) if n in CONV_BLOCKS]
+    if len(convs) != 1:
+        return None
+    ci = convs[0]
+    conv = blocks[ci]
+    loops = sch.get_loops(conv)
+    if len(loops) != 7:
+        return None
+    isa = vector_isa(target)
+    width, out_ch = _extent(sch, loops[2]), _extent(sch, loops[3])
+    if width is None or out_ch is None or out_ch % isa.lanes:
+        return None
+    # Producers (the pad): copies are inlined, real padding is one parallel vectorized pass.
+    for b in blocks[:ci]:
+        if _is_copy(sch, b):
+            sch.compute_inline(b)
+        else:
+            _schedule_plain_loops(sch, b, isa.lanes)
+    # Epilogue chain: inline all but the last into their consumers; the last goes into the tile write-back.
+    epilogue = blocks[ci + 1:]
+    for b in epilogue[:-1]:
+        sch.compute_inline(b)
+    tw, tk = tile_choices(width, out_ch, isa)
+    n, h, w, f, ry, rx, rc = loops
+    f_o, f_k, f_l = sch.split(f, [None, tk, isa.lanes])
+    w_o, w_i = sch.split(w, [None, tw])
+    sch.reorder(n, h, f_o, w_o, ry, rx, rc, w_i, f_k, f_l)
+    acc = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(acc, w_o, preserve_unit_loops=True)
+    if epilogue:
+        sch.reverse_compute_inline(epilogue[-1])
+    sch.parallel(sch.fuse(n, h, f_o))
+    sch.vectorize(f_l)
+    # Only the register tile is unrolled: unrolling the reduction too lets LLVM hoist broadcasts across it,
+    # and the extra live values spill the accumulators (measured 3-6x slower in the NCHWc experiment).
+    sch.unroll(f_k)
+    sch.unroll(w_i)
+    init = sch.decompose_reduction(conv, ry)
+    for blk in (init, acc):
+        tile = sch.get_loops(blk)[-4:]  # n, h, w, f of the tile (unit n, h)
+        f_all = tile[-1]
+        _, f_v = sch.split(f_all, [None, isa.lanes])
+        sch.vectorize(f_v)
+        for lp in sch.get_loops(blk)[-5:-1]:
+            sch.unroll(lp)
+    return sch
+
+
+@ScheduleRule.from_callable("Injective")
+def injective(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+    """Spatial-only functions (transposes, pads, elementwise): inline chains, parallel + vectorize outputs."""
+    if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    for b in blocks:
+        if any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(b).iter_vars):
+            return None
+    for b in blocks[:-1]:
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001 - a block that cannot be inlined simply stays a loop nest of its own
+            _schedule_plain_loops(sch, b, vector_isa(target).lanes)
+    _schedule_plain_loops(sch, blocks[-1], vector_isa(target).lanes)
+    return sch
