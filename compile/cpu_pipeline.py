@@ -62,26 +62,36 @@ def schedule_rules():
     return [conv_nhwc, injective, dlight.cpu.Reduction()]
 
 
+def scheduling_passes(target: "tvm.target.Target") -> list:
+    """Steps 1-4: from the imported Relax module to fused, scheduled PrimFuncs (before lowering)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.s_tir import dlight
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        _clip_to_min_max(),
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        relax.transform.LiftTransformParams(),
+        *cpu.library_dispatch_passes(target),
+        *cpu.legalize_passes(target),
+        dlight.ApplyDefaultSchedule(*schedule_rules()),
+    ]
+
+
+def schedule_module(mod: "tvm.IRModule", target: "tvm.target.Target") -> "tvm.IRModule":
+    """The scheduled module, for inspection (which kernels got which schedule) and per-kernel timing."""
+    with target:
+        return tvm.transform.Sequential(scheduling_passes(target))(mod)
+
+
 def cpu_pipeline(target: "tvm.target.Target") -> tvm.transform.Pass:
     """Relax pipeline for llvm targets (x86 and aarch64); use as tvm.compile(..., relax_pipeline=...)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-    from tvm.s_tir import dlight
 
     @tvm.transform.module_pass(opt_level=0, name="ConvhubCPUPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            seq = tvm.transform.Sequential([
-                relax.transform.DecomposeOpsForInference(),
-                relax.transform.CanonicalizeBindings(),
-                _clip_to_min_max(),
-                relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
-                relax.transform.LiftTransformParams(),
-                *cpu.library_dispatch_passes(target),
-                *cpu.legalize_passes(target),
-                dlight.ApplyDefaultSchedule(*schedule_rules()),
-                *cpu.dataflow_lower_passes(target),
-                *cpu.finalize_passes(target),
-            ])
-            return seq(mod)
+            return tvm.transform.Sequential([*scheduling_passes(target), *cpu.dataflow_lower_passes(target),
+                                             *cpu.finalize_passes(target)])(mod)
 
     return _pipeline

@@ -117,8 +117,10 @@ def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Sched
     if width is None or out_ch is None or out_ch % isa.lanes:
         return None
     # Producers (the pad): copies are inlined, real padding is one parallel vectorized pass.
+    import os
+    depthwise = names[ci] == "group_conv2d_nhwc"
     for b in blocks[:ci]:
-        if _is_copy(sch, b):
+        if _is_copy(sch, b) or (depthwise and os.environ.get("DWINLINE") == "1"):
             sch.compute_inline(b)
         else:
             _schedule_plain_loops(sch, b, isa.lanes)
