@@ -5,9 +5,10 @@ Steps, each for a measured reason (docs/performance.md):
    ReLU6 in a pair of transposes and break conv+epilogue fusion; min/max are layout-aware.
 2. ConvertLayout conv2d to NHWC/HWIO: output channels innermost in activations and weights, which is what
    the register-blocked rule vectorizes over; layout transforms remain only at the input and the outputs.
-3. LiftTransformParams: weight transposes (and folded BatchNorm constants) move to `main_transform_params`,
-   run once when an artifact loads (compile.artifact) instead of on every call.
-4. The standard CPU legalize + fuse passes, then compile.schedules.cpu_rules on every fused kernel.
+3. Legalize, with regular convs against weights packed per channel block (compile.schedules.conv_packing).
+4. LiftTransformParams: weight transposes and packing (and folded BatchNorm constants) move to
+   `main_transform_params`, run once when an artifact loads (compile.artifact), not on every call.
+5. The standard CPU fuse passes, then compile.schedules.cpu_rules on every fused kernel.
 """
 from __future__ import annotations
 
@@ -66,14 +67,19 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
     """Steps 1-4: from the imported Relax module to fused, scheduled PrimFuncs (before lowering)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.s_tir import dlight
+    from .schedules.conv_packing import legalize_conv2d
     return [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         _clip_to_min_max(),
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
-        relax.transform.LiftTransformParams(),
         *cpu.library_dispatch_passes(target),
-        *cpu.legalize_passes(target),
+        relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": legalize_conv2d}),
+        relax.transform.LiftTransformParams(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
         dlight.ApplyDefaultSchedule(*schedule_rules()),
     ]
 

@@ -25,10 +25,12 @@ CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 
 @dataclass(frozen=True)
 class VectorISA:
-    """Vector width (fp32 lanes) and the number of vector registers the accumulator tile may use."""
+    """fp32 lanes per vector register, the number of vector registers, and how many independent
+    accumulators keep both FMA pipes busy (latency 4 x 2 pipes on Zen 3, Intel cores and Cortex-A76)."""
 
     lanes: int
-    acc_registers: int
+    registers: int
+    acc_target: int = 8
 
 
 def vector_isa(target: Target) -> VectorISA:
@@ -38,30 +40,34 @@ def vector_isa(target: Target) -> VectorISA:
     feats = " ".join(str(a) for a in (attrs.get("mattr", None) or []))
     triple = str(attrs.get("mtriple", "") or "")
     if "aarch64" in triple or "arm" in triple:
-        return VectorISA(4, 24)
+        return VectorISA(4, 32)
     if "avx512" in feats or mcpu in ("skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids",
                                      "znver4", "znver5", "cooperlake", "tigerlake", "icelake-client", "x86-64-v4"):
-        return VectorISA(16, 24)
-    return VectorISA(8, 12)
+        return VectorISA(16, 32)
+    return VectorISA(8, 16)
 
 
-def tile_choices(width: int, out_channels: int, isa: VectorISA) -> tuple[int, int]:
-    """(tw output columns, tk channel vectors) for the register tile: the largest tile that fits.
+def tile_choices(width: int, out_channels: int, isa: VectorISA, tk: int | None = None) -> tuple[int, int]:
+    """(tw output columns, tk channel vectors) of the register tile.
 
-    tw must divide the output width and tk the channel vectors, so no loop gets a tail; ties go to the
-    larger tk (each broadcast input value feeds more FMAs).
+    The tile must fit the register file with its operands (tw*tk accumulators + tk weight vectors + one
+    broadcast): one spilled accumulator put a store/load on its FMA chain and cost 30-40 % (measured,
+    14 vs 8 accumulators on a 28x28x128 3x3 conv: 62 vs 94 GFLOP/s). Past `acc_target` accumulators more
+    gives nothing, so the smallest such tile wins, then tk closest to 2 (one full 64-byte weight line per
+    input channel with AVX2). tw divides the width and tk the channel vectors: no loop tails.
     """
     vecs = out_channels // isa.lanes
-    best = (1, 1)
-    import os
-    for tk in range(1, min(vecs, isa.acc_registers, int(os.environ.get('TKMAX', 99))) + 1):
-        if vecs % tk:
+    best, best_key = (1, 1), None
+    for k in ([tk] if tk else range(1, vecs + 1)):
+        if vecs % k:
             continue
         for tw in range(1, min(width, 16) + 1):
-            if width % tw or tw * tk > isa.acc_registers + 2:  # +2: one spare pair still fits 16 ymm
+            acc = tw * k
+            if width % tw or acc + k + 1 > isa.registers:
                 continue
-            if (tw * tk, tk) > (best[0] * best[1], best[1]):
-                best = (tw, tk)
+            key = (min(acc, isa.acc_target), -acc, -abs(k - 2))
+            if best_key is None or key > best_key:
+                best, best_key = (tw, k), key
     return best
 
 
@@ -117,10 +123,11 @@ def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Sched
     if width is None or out_ch is None or out_ch % isa.lanes:
         return None
     # Producers (the pad): copies are inlined, real padding is one parallel vectorized pass.
-    import os
+    # Depthwise: the zero padding is inlined (a separate pad pass doubled its memory traffic: 2-4x slower,
+    # measured); regular convs keep the pass (inlined, the broadcast loads get a branch each: 1.4x slower).
     depthwise = names[ci] == "group_conv2d_nhwc"
     for b in blocks[:ci]:
-        if _is_copy(sch, b) or (depthwise and os.environ.get("DWINLINE") == "1"):
+        if _is_copy(sch, b) or depthwise:
             sch.compute_inline(b)
         else:
             _schedule_plain_loops(sch, b, isa.lanes)
@@ -128,16 +135,20 @@ def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Sched
     epilogue = blocks[ci + 1:]
     for b in epilogue[:-1]:
         sch.compute_inline(b)
-    tw, tk = tile_choices(width, out_ch, isa)
+    packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]  # compile.conv_packing
+    tk = _static(packed[0].shape[-1]) // isa.lanes if packed else None
+    tw, tk = tile_choices(width, out_ch, isa, tk)
     n, h, w, f, ry, rx, rc = loops
     f_o, f_k, f_l = sch.split(f, [None, tk, isa.lanes])
     w_o, w_i = sch.split(w, [None, tw])
-    sch.reorder(n, h, f_o, w_o, ry, rx, rc, w_i, f_k, f_l)
+    # channel blocks outside rows: one block's weights stay in L2 for every row (rows outside re-streamed all
+    # weights per row: 7x7x512 3x3 went from 12 to 30 GFLOP/s)
+    sch.reorder(n, f_o, h, w_o, ry, rx, rc, w_i, f_k, f_l)
     acc = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(acc, w_o, preserve_unit_loops=True)
     if epilogue:
         sch.reverse_compute_inline(epilogue[-1])
-    sch.parallel(sch.fuse(n, h, f_o))
+    sch.parallel(sch.fuse(*sch.get_loops(conv)[:3]))
     sch.vectorize(f_l)
     # Only the register tile is unrolled: unrolling the reduction too lets LLVM hoist broadcasts across it,
     # and the extra live values spill the accumulators (measured 3-6x slower in the NCHWc experiment).

@@ -1,0 +1,72 @@
+"""conv2d legalization with pre-packed weights: HWIO -> (K/P, kh, kw, C, P), P = tk x lanes of the register tile.
+
+With plain HWIO the P output channels one input channel feeds sit at a stride of K floats, so a deep layer's
+weights stream from L3 in half-used cache lines. Packed, the reduction reads one contiguous slab per channel
+block. The packing is its own kernel that depends only on the weights: LiftTransformParams moves it to
+`main_transform_params`, so it runs once when an artifact loads.
+"""
+from __future__ import annotations
+
+from tvm import te, tirx, topi
+from tvm.target import Target
+
+from .cpu_rules import tile_choices, vector_isa
+
+
+def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
+    """HWIO -> (K // block, kh, kw, C, block)."""
+    kh, kw, c, k = weight.shape
+    return te.compute((k // block, kh, kw, c, block), lambda o, r, s, ci, i: weight[r, s, ci, o * block + i],
+                      name="conv_weight_pack")
+
+
+def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilation) -> te.Tensor:
+    """NHWC conv2d against packed weights; the block is named like TOPI's so the schedule rule finds it."""
+    n, h, w, c = data.shape
+    ko, kh, kw, _, block = wp.shape
+    sh, sw = (int(v) for v in strides)
+    dh, dw = (int(v) for v in dilation)
+    pt, pl, pb, pr = (int(v) for v in padding)
+    if pt or pl or pb or pr:
+        data = topi.nn.pad(data, [0, pt, pl, 0], [0, pb, pr, 0], name="pad_temp")
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    rc = te.reduce_axis((0, c), name="rc")
+    return te.compute(
+        (n, oh, ow, ko * block),
+        lambda b, y, x, k: te.sum(data[b, y * sh + ry * dh, x * sw + rx * dw, rc]
+                                  * wp[k // block, ry, rx, rc, k % block], axis=[ry, rx, rc]),
+        name="conv2d_nhwc")
+
+
+def _static_ints(shape) -> list[int] | None:
+    out = []
+    for d in shape:
+        if not isinstance(d, tirx.IntImm):
+            return None
+        out.append(int(d))
+    return out
+
+
+def legalize_conv2d(bb, call):
+    """Regular fp32 NHWC/HWIO convs with static weight/width shapes -> pack + packed conv; others -> TOPI."""
+    import tvm
+    a = call.attrs
+    default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
+    data, weight = call.args
+    w_info = weight.struct_info if hasattr(weight, "struct_info") else weight.ty
+    o_info = call.struct_info if hasattr(call, "struct_info") else call.ty
+    wshape = _static_ints(w_info.shape)
+    if (a.data_layout != "NHWC" or a.kernel_layout != "HWIO" or a.out_layout != "NHWC" or int(a.groups) != 1
+            or w_info.dtype != "float32" or wshape is None or not isinstance(o_info.shape[2], tirx.IntImm)):
+        return default(bb, call)
+    isa = vector_isa(Target.current())
+    k = wshape[3]
+    if k % isa.lanes:
+        return default(bb, call)
+    _, tk = tile_choices(int(o_info.shape[2]), k, isa)
+    block = tk * isa.lanes
+    wp = bb.emit_te(pack_weight, weight, block, primfunc_name_hint="conv_weight_pack")
+    return bb.call_te(conv2d_nhwc_packed, data, wp, a.strides, a.padding, a.dilation, primfunc_name_hint="conv2d")
