@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/tvm_cpu.py [--models efficientnet-lite0,mobilenet_v3_large,resnet-conv]
         [--batch 1,8] [--untuned-batches 1] [--plot perf.png] [--json perf.json]
 
-Per model and batch: ORT / PyTorch / TVM untuned / TVM tuned (shipped database) p50 latency, ratio
-to ORT, achieved GFLOP/s and the fraction of this CPU's FP32 peak. The peak is computed from
+Per model and batch: ORT / PyTorch / TVM (convhub schedule rules: what `convhub compile` builds, no
+tuning) p50 latency, ratio to ORT and PyTorch, and the fraction of this CPU's FP32 peak; optionally
+TVM's stock pipeline (--untuned-batches) and the shipped MetaSchedule databases (--tuned). The peak is computed from
 /proc/cpuinfo (cores x FMA units x SIMD lanes x 2 flops x clock) and also measured (torch sgemm).
 All backends of one model/batch run interleaved in one process: the 2 cores are shared with other
 work, so absolute numbers move between runs while the ratios hold much better.
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="efficientnet-lite0,mobilenet_v3_large,resnet-conv")
     ap.add_argument("--batch", default="1,8")
-    ap.add_argument("--untuned-batches", default="1", help="batches at which untuned TVM runs (it is very slow)")
+    ap.add_argument("--untuned-batches", default="",
+                    help="batches at which TVM's stock pipeline (no schedules) also runs; it is very slow")
+    ap.add_argument("--tuned", action="store_true", help="also run the shipped MetaSchedule databases (tvm-tuned)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=0.4)
     ap.add_argument("--plot", default=None)
@@ -93,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batch.split(",")]
     untuned_b = {int(b) for b in args.untuned_batches.split(",") if b}
     all_rows = []
-    print("| model | batch | GFLOP/img | ORT ms | PyTorch ms | TVM untuned ms | TVM tuned ms | TVM/ORT | TVM/PyTorch "
-          "| TVM % of peak | ORT % of peak | TVM note |")
+    print("| model | batch | GFLOP/img | ORT ms | PyTorch ms | TVM ms | TVM/ORT | TVM/PyTorch | TVM % of peak "
+          "| ORT % of peak | TVM stock ms | TVM tuned-db ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         module = _load_model(name)
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         gflop = conv_flops(module, size) / 1e9
         cache: dict = {}  # exports and TVM builds shared by the batch sizes of this model
         for batch in batches:
-            backends = ["onnxruntime", "torch", "tvm"] + (["tvm-untuned"] if batch in untuned_b else [])
+            backends = (["onnxruntime", "torch", "tvm"] + (["tvm-untuned"] if batch in untuned_b else [])
+                        + (["tvm-tuned"] if args.tuned else []))
             res = bench.benchmark(name, backends, [batch], module=module, size=size, rounds=args.rounds,
                                   seconds=args.seconds, threads=threads, cache=cache)
             by = {r.backend: r for r in res}
@@ -126,11 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                     return "n/a"
                 return f"{100 * gflop * batch / (r.p50_ms / 1e3) / peak:.1f} %"
 
-            tvm = by.get("tvm")
-            note = (tvm.error or "")[:80] if tvm and tvm.error else (tvm.note if tvm else "")
-            print(f"| {name} | {batch} | {gflop:.2f} | {ms('onnxruntime')} | {ms('torch')} | {ms('tvm-untuned')} | "
-                  f"{ms('tvm')} | {ratio('tvm', 'onnxruntime')} | {ratio('tvm', 'torch')} | {frac('tvm')} | "
-                  f"{frac('onnxruntime')} | {note} |", flush=True)
+            print(f"| {name} | {batch} | {gflop:.2f} | {ms('onnxruntime')} | {ms('torch')} | {ms('tvm')} | "
+                  f"{ratio('tvm', 'onnxruntime')} | {ratio('tvm', 'torch')} | {frac('tvm')} | {frac('onnxruntime')} | "
+                  f"{ms('tvm-untuned')} | {ms('tvm-tuned')} |", flush=True)
         del module
     if args.json:
         Path(args.json).write_text(json.dumps(dict(machine=bench.machine_line(), peak=how, measured_peak=mpeak,

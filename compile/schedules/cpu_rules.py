@@ -104,9 +104,22 @@ def _schedule_plain_loops(sch: s_tir.Schedule, block, lanes: int) -> None:
 
 @ScheduleRule.from_callable("ConvNHWC")
 def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-    """Register-blocked NHWC conv2d (regular, grouped-depthwise) with its epilogue fused into the write-back."""
+    """Register-blocked NHWC conv2d (regular, grouped-depthwise) with its epilogue fused into the write-back.
+
+    An epilogue that cannot be inlined into the write-back (one that reads the conv output twice, such as
+    hardswish) runs per tile right after it, while the tile is in L1; failing that, as loops of its own.
+    """
     if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
         return None
+    for fuse_epilogue in ("inline", "tile", "separate"):
+        try:
+            return _schedule_conv(func, target, fuse_epilogue)
+        except Exception:  # noqa: BLE001 - TVM raises ScheduleError or InternalError; try the plainer variant
+            continue
+    return None
+
+
+def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) -> s_tir.Schedule | None:
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
@@ -133,8 +146,12 @@ def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Sched
             _schedule_plain_loops(sch, b, isa.lanes)
     # Epilogue chain: inline all but the last into their consumers; the last goes into the tile write-back.
     epilogue = blocks[ci + 1:]
-    for b in epilogue[:-1]:
-        sch.compute_inline(b)
+    if fuse_epilogue != "separate":
+        for b in epilogue[:-1]:
+            sch.compute_inline(b)
+    else:
+        for b in epilogue:
+            _schedule_plain_loops(sch, b, isa.lanes)
     packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]  # compile.conv_packing
     tk = _static(packed[0].shape[-1]) // isa.lanes if packed else None
     tw, tk = tile_choices(width, out_ch, isa, tk)
@@ -146,8 +163,12 @@ def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Sched
     sch.reorder(n, f_o, h, w_o, ry, rx, rc, w_i, f_k, f_l)
     acc = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(acc, w_o, preserve_unit_loops=True)
-    if epilogue:
+    if epilogue and fuse_epilogue == "inline":
         sch.reverse_compute_inline(epilogue[-1])
+    elif epilogue and fuse_epilogue == "tile":
+        sch.reverse_compute_at(epilogue[-1], w_o, preserve_unit_loops=True)
+        _, e_v = sch.split(sch.get_loops(epilogue[-1])[-1], [None, isa.lanes])
+        sch.vectorize(e_v)
     sch.parallel(sch.fuse(*sch.get_loops(conv)[:3]))
     sch.vectorize(f_l)
     # Only the register tile is unrolled: unrolling the reduction too lets LLVM hoist broadcasts across it,

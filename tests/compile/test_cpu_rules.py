@@ -1,7 +1,7 @@
 """convhub's CPU schedule rules: every conv kernel gets the register-blocked schedule, and the numbers stay right.
 
 Small real conv nets (the shapes that occur in the hub's backbones: stem, 1x1, depthwise 3x3/5x5 with stride 2,
-residual add, ReLU6) go through torch.export -> Relax -> compile.cpu_pipeline and are compared with PyTorch.
+residual add, ReLU6, hardswish) go through torch.export -> Relax -> compile.cpu_pipeline and are compared with PyTorch.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class _TinyNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.b1 = _Block(16, 16, 3, 1)
         self.b2 = _Block(16, 24, 5, 2)
-        self.head = nn.Conv2d(24, 40, 3, 1, 1)
+        self.head = nn.Sequential(nn.Conv2d(24, 40, 3, 1, 1), nn.Hardswish())  # an epilogue reading the conv twice
 
     def forward(self, x):
         s1 = self.b1(self.stem(x))
