@@ -13,7 +13,12 @@ import os
 from typing import TYPE_CHECKING
 
 # Before any import of tvm anywhere in the process (DESIGN.md: one thread otherwise); a user's value wins.
+# Every module of this package (and the benchmarks, serve and tests, which import it) relies on this one place.
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+# TVM pins its threads to cores by default. On these 2-vCPU VMs that made lite0 batch 1 take 20-21 ms p50 instead
+# of 13.7-14.1 ms unpinned (same artifact, separate processes, measured 3x each way): a pinned worker cannot move
+# off a vCPU the hypervisor or another process is using.
+os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 if TYPE_CHECKING:
     from .artifact import CompiledArtifact

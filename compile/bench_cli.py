@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 
 def _int_list(text: str) -> list[int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shutil
 import sys
 import time
@@ -25,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-# TVM reads TVM_NUM_THREADS once, when its runtime starts; it otherwise runs on one thread on this VM.
-os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 DATABASES_DIR = Path(__file__).resolve().parent / "databases"
 WORKLOAD_FILE = "database_workload.json"

@@ -8,4 +8,3 @@ _SESSION_CACHE = tempfile.mkdtemp(prefix="convhub-test-cache-")
 os.environ["CONVHUB_CACHE"] = _SESSION_CACHE
 os.environ.pop("CONVHUB_LOCKFILE", None)
 os.environ.pop("CONVHUB_REGISTRY", None)
-os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
