@@ -104,7 +104,7 @@ def _schedule_plain_loops(sch: s_tir.Schedule, block, lanes: int) -> None:
 
 @ScheduleRule.from_callable("ConvNHWC")
 def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-    """Register-blocked NHWC conv2d (regular, grouped-depthwise) with its epilogue fused into the write-back.
+    """Register-blocked NHWC conv2d (regular, grouped, depthwise) with its epilogue fused into the write-back.
 
     An epilogue that cannot be inlined into the write-back (one that reads the conv output twice, such as
     hardswish) runs per tile right after it, while the tile is in L1; failing that, as loops of its own.

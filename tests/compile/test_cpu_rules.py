@@ -119,3 +119,24 @@ def test_rules_build_matches_pytorch(tiny, batch):
         want = want.numpy()
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "regnet_y_800mf", "densenet121", "resnet18"])
+def test_registry_backbones_build_with_rules_and_match(name):
+    """Architectures beyond the tiny net: SE + hardswish, group convs, concatenation, plain ResNet blocks."""
+    import hub
+    from compile.targets import get_preset
+    from compile.tuning import build, export_relax
+
+    torch.manual_seed(0)
+    net = hub.load(name, pretrained=False, progress=False).eval()  # no network here; speed/numerics need no weights
+    mod, params = export_relax(net, (1, 3, 224, 224), name)
+    compiled = build(mod, params, get_preset("host").tvm_target(), schedule="rules")
+    x = np.random.RandomState(0).rand(1, 3, 224, 224).astype("float32")
+    outs = compiled.run_numpy(x)
+    with torch.no_grad():
+        ref = list(net(torch.from_numpy(x)).values())
+    for got, want in zip(outs, ref):
+        a, b = got.ravel(), want.numpy().ravel()
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.9999
