@@ -105,8 +105,8 @@ def main() -> int:
     print(f"\n{args.model}, output=features (5 stages), input 1x3x224x224; {date.today().isoformat()}, "
           f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads, {args.rounds} interleaved rounds; "
           f"{len(names)} sample photos ({', '.join(names)})\n")
-    print("| format | size (MB) | latency p50 batch 1 (ms) | p90 (ms) | speed vs faster PyTorch | cosine vs fp32, worst stage | "
-          "cosine, last stage | top-1 agreement |")
+    print("| format | size (MB) | latency p50 batch 1 (ms) | p90 (ms) | speed vs faster PyTorch "
+          "| cosine vs fp32, worst stage | cosine, last stage | top-1 agreement |")
     print("|---|---|---|---|---|---|---|---|")
     for label, size, p50, p90, worst, last, agree in rows:
         a = "n/a" if agree is None else f"{agree:.0%} ({round(agree * len(names))}/{len(names)})"

@@ -162,6 +162,7 @@ class CompiledArtifact:
         if transform:  # weight pre-packing from a tuned build: the layout change runs once, here
             params = list(self._vm[transform](params))
         self._params = params
+        self._main = self._vm["main"]  # looked up once: run() is the serving hot path
         self._lock = threading.Lock()  # one VM instance: calls are serialised
 
     def run(self, x: Any) -> list[np.ndarray]:
@@ -169,7 +170,7 @@ class CompiledArtifact:
         from ._tvm import tvm
         x = check_input(x, self.manifest)
         with self._lock:
-            out = self._vm["main"](tvm.runtime.tensor(x, self._device), *self._params)
+            out = self._main(tvm.runtime.tensor(x, self._device), *self._params)
             items = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
             return [o.numpy() for o in items]
 

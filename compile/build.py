@@ -112,7 +112,6 @@ def build_executable(mod, preset: Preset, *, database: Path | None, prepack: boo
     """
     from ._tvm import relax, tvm
     target = preset.tvm_target()
-    transform = None
     try:
         if database is not None:
             mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=0,
@@ -126,8 +125,7 @@ def build_executable(mod, preset: Preset, *, database: Path | None, prepack: boo
     except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc
-    if "main_transform_params" in _vm_functions(ex):
-        transform = "main_transform_params"
+    transform = params_transform_of(ex)
     if preset.device != "cpu":
         kinds = _module_kinds(ex.mod)
         if preset.device not in kinds:
@@ -136,11 +134,15 @@ def build_executable(mod, preset: Preset, *, database: Path | None, prepack: boo
     return ex, transform
 
 
-def _vm_functions(ex) -> set[str]:
-    """Names of the Relax functions in a compiled executable (from its text listing)."""
+def params_transform_of(ex) -> str | None:
+    """The name of the executable's weight-transform function (LiftTransformParams), or None.
+
+    The VM executable lists its Relax functions only in its text form (`@name:` headers);
+    runtime.Module.implements_function does not see them.
+    """
     import re
-    text = ex.as_text() if hasattr(ex, "as_text") else ""
-    return set(re.findall(r"@(\w+):", text))
+    from .cpu_pipeline import PARAMS_TRANSFORM
+    return PARAMS_TRANSFORM if PARAMS_TRANSFORM in re.findall(r"@(\w+):", ex.as_text()) else None
 
 
 def export_library(ex, preset: Preset, path: Path) -> None:

@@ -13,9 +13,9 @@ from .errors import VerificationError
 def cmd_compile(args: argparse.Namespace) -> int:
     from .build import compile_model
     try:
-        result = compile_model(args.name, target=args.target, out=args.out, output=args.output, stages=args.stages or None,
-                               max_batch=args.max_batch, photos=args.photos, pretrained=not args.random_weights,
-                               force=args.force, schedule=args.schedule)
+        result = compile_model(args.name, target=args.target, out=args.out, output=args.output,
+                               stages=args.stages or None, max_batch=args.max_batch, photos=args.photos,
+                               pretrained=not args.random_weights, force=args.force, schedule=args.schedule)
     except VerificationError as exc:  # the job ran and failed: exit 1, not a usage error
         print(f"convhub: compile failed: {exc}")
         return 1

@@ -38,7 +38,7 @@ def _clip_to_min_max() -> tvm.transform.Pass:
             lo, hi = _scalar(call.args[1]), _scalar(call.args[2])
             if lo is None or hi is None:
                 return call
-            dtype = (x.ty if hasattr(x, "ty") else x.struct_info).dtype
+            dtype = x.ty.dtype
             if math.isfinite(lo):
                 x = relax.op.maximum(x, relax.const(lo, dtype))
             if math.isfinite(hi):

@@ -207,6 +207,8 @@ def build(mod, params: list, target, work_dir: Path | str | None = None, *, sche
     import tvm
     from tvm import relax
 
+    from .build import params_transform_of
+
     target = make_target(target)
     dev = tvm.cpu()
     tparams = [tvm.runtime.tensor(p.numpy() if hasattr(p, "numpy") else p, dev) for p in params]
@@ -221,17 +223,10 @@ def build(mod, params: list, target, work_dir: Path | str | None = None, *, sche
             mod = relax.get_pipeline("zero")(mod)
         ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
     vm = relax.VirtualMachine(ex, dev)
-    if _has_function(vm, "main_transform_params"):
-        tparams = list(vm["main_transform_params"](tparams))
+    transform = params_transform_of(ex)
+    if transform:
+        tparams = list(vm[transform](tparams))
     return Compiled(vm, tparams, dev)
-
-
-def _has_function(vm, name: str) -> bool:
-    try:
-        vm[name]
-    except (AttributeError, KeyError, RuntimeError, ValueError):
-        return False
-    return True
 
 
 def count_records(work_dir: Path | str) -> dict[int, int]:

@@ -7,10 +7,10 @@ block. The packing is its own kernel that depends only on the weights: LiftTrans
 """
 from __future__ import annotations
 
-from tvm import te, tirx, topi
+from tvm import te, topi
 from tvm.target import Target
 
-from .cpu_rules import tile_choices, vector_isa
+from .cpu_rules import static_extent, tile_choices, vector_isa
 
 
 def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
@@ -42,12 +42,8 @@ def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilatio
 
 
 def _static_ints(shape) -> list[int] | None:
-    out = []
-    for d in shape:
-        if not isinstance(d, tirx.IntImm):
-            return None
-        out.append(int(d))
-    return out
+    dims = [static_extent(d) for d in shape]
+    return None if None in dims else dims
 
 
 def legalize_conv2d(bb, call):
@@ -56,11 +52,10 @@ def legalize_conv2d(bb, call):
     a = call.attrs
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
     data, weight = call.args
-    w_info = weight.struct_info if hasattr(weight, "struct_info") else weight.ty
-    o_info = call.struct_info if hasattr(call, "struct_info") else call.ty
+    w_info, o_info = weight.ty, call.ty
     wshape = _static_ints(w_info.shape)
     if (a.data_layout != "NHWC" or a.kernel_layout != "HWIO" or a.out_layout != "NHWC" or int(a.groups) != 1
-            or w_info.dtype != "float32" or wshape is None or not isinstance(o_info.shape[2], tirx.IntImm)):
+            or w_info.dtype != "float32" or wshape is None or static_extent(o_info.shape[2]) is None):
         return default(bb, call)
     isa = vector_isa(Target.current())
     k = wshape[3]

@@ -71,12 +71,13 @@ def tile_choices(width: int, out_channels: int, isa: VectorISA, tk: int | None =
     return best
 
 
-def _static(extent) -> int | None:
+def static_extent(extent) -> int | None:
+    """The int value of a loop extent or shape dimension, or None when it is symbolic."""
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
-    return _static(sch.get(loop).extent)
+    return static_extent(sch.get(loop).extent)
 
 
 def _is_copy(sch: s_tir.Schedule, block) -> bool:
@@ -153,7 +154,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) -> s
         for b in epilogue:
             _schedule_plain_loops(sch, b, isa.lanes)
     packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]  # compile.conv_packing
-    tk = _static(packed[0].shape[-1]) // isa.lanes if packed else None
+    tk = static_extent(packed[0].shape[-1]) // isa.lanes if packed else None
     tw, tk = tile_choices(width, out_ch, isa, tk)
     n, h, w, f, ry, rx, rc = loops
     f_o, f_k, f_l = sch.split(f, [None, tk, isa.lanes])
