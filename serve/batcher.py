@@ -1,11 +1,16 @@
-"""Dynamic batching per model: requests queue (bounded), a worker packs them into batches of at most
-`max_batch` rows, waiting up to `max_delay` for more, and runs each batch on the model's compute thread."""
+"""Dynamic batching per model: requests queue (bounded), the model's compute thread packs them into batches of
+at most `max_batch` rows, waiting up to `max_delay` for more, runs each batch and hands results back to the
+event loop.
+
+The compute thread forms batches itself (a scheduler thread, as in Triton's dynamic batcher): when a batch
+ends it starts the next one from the queue at once, instead of waiting for the event loop -- busy reading
+other requests -- to get round to it (that hop cost ~5 % of throughput under load)."""
 from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -32,6 +37,17 @@ class BatchStats:
     compute_s: float
 
 
+def _resolve(batch: list[_Item], parts: list[dict[str, np.ndarray]] | None, exc: BaseException | None) -> None:
+    """On the event loop: complete the futures of requests that are still waiting."""
+    for i, it in enumerate(batch):
+        if it.future.done():  # timed out or cancelled meanwhile
+            continue
+        if exc is not None:
+            it.future.set_exception(exc)
+        else:
+            it.future.set_result(parts[i])
+
+
 class Batcher:
     """One per model. `submit` returns the outputs for its rows; raises Overloaded when the queue is full."""
 
@@ -44,16 +60,20 @@ class Batcher:
         self.max_queue = max_queue
         self._items: collections.deque[_Item] = collections.deque()
         self._pending_rows = 0
-        self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"compute-{backend.model}")
+        self._cv = threading.Condition()  # guards _items, _pending_rows, _busy, _closing, _stopped
         self._on_batch = on_batch or (lambda s: None)
         self._on_depth = on_depth or (lambda d: None)
-        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._closing = False
+        self._stopped = False
         self._busy = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.backend.model}")
+        """Start the compute thread; results go back to the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name=f"compute-{self.backend.model}", daemon=True)
+        self._thread.start()
 
     @property
     def depth(self) -> int:
@@ -62,18 +82,20 @@ class Batcher:
     async def submit(self, x: np.ndarray, outputs: Sequence[str], timeout_s: float) -> dict[str, np.ndarray]:
         """Queue `x` (N rows); rows above max_batch go as several chunks. Waits at most `timeout_s`."""
         n = len(x)
-        if self._closing:
-            raise Overloaded("the server is shutting down", headers={"Retry-After": "1"})
-        if self._pending_rows + n > self.max_queue:
-            raise Overloaded(f"{self.backend.model}: queue full ({self._pending_rows} of {self.max_queue} images "
-                             "waiting); retry later", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         outs = frozenset(outputs)
         items = [_Item(x[i:i + self.max_batch], outs, loop.create_future()) for i in range(0, n, self.max_batch)]
-        self._items.extend(items)
-        self._pending_rows += n
-        self._on_depth(self._pending_rows)
-        self._wake.set()
+        with self._cv:
+            if self._closing:
+                raise Overloaded("the server is shutting down", headers={"Retry-After": "1"})
+            if self._pending_rows + n > self.max_queue:
+                raise Overloaded(f"{self.backend.model}: queue full ({self._pending_rows} of {self.max_queue} "
+                                 "images waiting); retry later", headers={"Retry-After": "1"})
+            self._items.extend(items)
+            self._pending_rows += n
+            depth = self._pending_rows
+            self._cv.notify()
+        self._on_depth(depth)
         try:
             parts = await asyncio.wait_for(asyncio.gather(*(it.future for it in items)), timeout_s)
         except asyncio.TimeoutError:
@@ -87,29 +109,30 @@ class Batcher:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    async def _next_batch(self) -> list[_Item]:
-        while not self._items:
-            self._wake.clear()
-            await self._wake.wait()
-        batch, rows = [], 0
-        deadline = time.perf_counter() + self.max_delay_s
-        while True:
-            while self._items and rows + len(self._items[0].x) <= self.max_batch:
-                it = self._items.popleft()
-                self._pending_rows -= len(it.x)
-                if it.future.cancelled():
-                    continue
-                batch.append(it)
-                rows += len(it.x)
-            remaining = deadline - time.perf_counter()
-            if rows >= self.max_batch or self._items or remaining <= 0 or self._closing:
-                break  # full, or the next item does not fit, or waited long enough
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-        self._on_depth(self._pending_rows)
+    def _take_batch(self) -> list[_Item] | None:
+        """Compute thread: the next batch (may be empty when everything queued was cancelled); None to stop."""
+        with self._cv:
+            while not self._items:
+                if self._stopped:
+                    return None
+                self._cv.wait()
+            batch, rows = [], 0
+            deadline = time.perf_counter() + self.max_delay_s
+            while True:
+                while self._items and rows + len(self._items[0].x) <= self.max_batch:
+                    it = self._items.popleft()
+                    self._pending_rows -= len(it.x)
+                    if it.future.cancelled():  # read across threads: at worst one wasted row of compute
+                        continue
+                    batch.append(it)
+                    rows += len(it.x)
+                remaining = deadline - time.perf_counter()
+                if rows >= self.max_batch or self._items or remaining <= 0 or self._closing or self._stopped:
+                    break  # full, or the next item does not fit, or waited long enough
+                self._cv.wait(remaining)
+            self._busy = bool(batch)
+            depth = self._pending_rows
+        self._on_depth(depth)
         return batch
 
     def _compute(self, batch: list[_Item]) -> tuple[list[dict[str, np.ndarray]], float]:
@@ -124,40 +147,46 @@ class Batcher:
             start += n
         return parts, time.perf_counter() - t0
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _hand_back(self, batch: list[_Item], parts: list | None, exc: BaseException | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_resolve, batch, parts, exc)
+        except RuntimeError:  # the event loop is gone (process shutting down): nobody is waiting
+            pass
+
+    def _run(self) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = self._take_batch()
+            if batch is None:
+                return
             if not batch:
                 continue
             started = time.perf_counter()
-            self._busy = True
             try:
-                parts, compute_s = await loop.run_in_executor(self._executor, self._compute, batch)
+                parts, compute_s = self._compute(batch)
             except Exception as exc:  # a backend failure fails this batch, not the server
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(exc)
-                continue
+                self._hand_back(batch, None, exc)
+            else:
+                self._hand_back(batch, parts, None)
+                self._on_batch(BatchStats(sum(len(it.x) for it in batch), [started - it.enqueued for it in batch],
+                                          compute_s))
             finally:
-                self._busy = False
-            for it, part in zip(batch, parts):
-                if not it.future.done():
-                    it.future.set_result(part)
-            self._on_batch(BatchStats(sum(len(it.x) for it in batch), [started - it.enqueued for it in batch],
-                                      compute_s))
+                with self._cv:
+                    self._busy = False
 
     async def drain(self, timeout_s: float) -> None:
-        """Refuse new work, let queued items finish (up to timeout_s), then stop the worker."""
-        self._closing = True
-        self._wake.set()
+        """Refuse new work, let queued items finish (up to timeout_s), then stop the compute thread."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
         end = time.perf_counter() + timeout_s
         while (self._items or self._busy) and time.perf_counter() < end:
             await asyncio.sleep(0.02)
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._executor.shutdown(wait=True)
+        with self._cv:
+            self._stopped = True
+            left = list(self._items)
+            self._items.clear()
+            self._pending_rows = 0
+            self._cv.notify_all()
+        _resolve(left, None, Overloaded("the server shut down before this request ran", headers={"Retry-After": "1"}))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, max(0.0, end - time.perf_counter()) + 1)

@@ -11,6 +11,7 @@ def service(request: Request) -> Service:
     return request.app.state.service
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """Inference and admin routes need the API key when one is configured."""
+    # async on purpose: FastAPI runs sync dependencies in a worker thread, a thread hop on every request
     check_api_key(request, request.app.state.service.config.api_key)
