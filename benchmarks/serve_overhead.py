@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+MODES = ("binary", "binary-u8", "jpeg")  # FP32 tensors, UINT8 pixel tensors, JPEG uploads (load_test modes)
 sys.path.insert(0, str(ROOT))
 
 
@@ -36,14 +38,20 @@ def _load_test():
     return mod
 
 
-def in_process(backend, x: np.ndarray, seconds: float) -> float:
-    """images/s of backend.run on batches of len(x), after one warm-up."""
+def in_process(backend, x: np.ndarray, seconds: float) -> tuple[float, float]:
+    """images/s of backend.run on batches of len(x) after one warm-up, and CPU ms per image."""
     backend.run(x, ["pooled"])
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         backend.run(x, ["pooled"])
         n += len(x)
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n
+
+
+def server_cpu_s(url: str) -> float:
+    """The server process's CPU seconds so far (user + system), from its Prometheus endpoint."""
+    text = httpx.get(url + "/metrics").text
+    return float(re.search(r"^process_cpu_seconds_total (\S+)$", text, re.M).group(1))
 
 
 def in_process_jpeg(backend, jpeg: bytes, preprocess, batch: int, seconds: float) -> float:
@@ -98,13 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         buf = io.BytesIO()
         photo.save(buf, "JPEG", quality=90)
         # interleave short rounds: other jobs on these cores then load both sides alike
-        acc = {m: {"http": 0.0, "base": 0.0, "decode": 0.0, "lat": [], "errors": 0} for m in ("binary", "jpeg")}
+        acc = {m: {"http": 0.0, "base": 0.0, "decode": 0.0, "lat": [], "errors": 0, "cpu": [0.0, 0.0, 0.0, 0]}
+               for m in MODES}
         per = a.seconds / a.rounds
         for _ in range(a.rounds):
-            for mode in ("binary", "jpeg"):
-                acc[mode]["base"] += in_process(backend, x, per) / a.rounds
+            for mode in MODES:
+                speed, base_cpu = in_process(backend, x, per)
+                acc[mode]["base"] += speed / a.rounds
+                s0, c0 = server_cpu_s(srv.url), time.process_time()
                 rep = lt.run(srv.url, a.model, duration=per, requests=None, concurrency=a.clients, modes=[mode],
                              batch=1, api_key=None)
+                # where the CPU went, per image: the server, the load generator (this process), the bare backend
+                cpu = acc[mode]["cpu"]
+                cpu[0] += server_cpu_s(srv.url) - s0
+                cpu[1] += time.process_time() - c0
+                cpu[2] += base_cpu / a.rounds
+                cpu[3] += rep["requests_ok"]
                 acc[mode]["http"] += rep["images_per_s"] / a.rounds
                 acc[mode]["lat"] += [rep["p50_ms"], rep["p99_ms"]]
                 acc[mode]["errors"] += rep["errors"]
@@ -113,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = [{"mode": m, "http_img_s": v["http"], "in_process_img_s": v["base"],
                  "in_process_with_decode_img_s": v["decode"] or None, "ratio": v["http"] / v["base"],
                  "p50_ms": float(np.median(v["lat"][0::2])), "p99_ms": float(max(v["lat"][1::2])),
-                 "errors": v["errors"]} for m, v in acc.items()]
+                 "errors": v["errors"], "server_cpu_ms_per_img": 1000 * v["cpu"][0] / max(1, v["cpu"][3]),
+                 "client_cpu_ms_per_img": 1000 * v["cpu"][1] / max(1, v["cpu"][3]),
+                 "in_process_cpu_ms_per_img": v["cpu"][2]} for m, v in acc.items()]
         batches = [ln for ln in httpx.get(srv.url + "/metrics").text.splitlines()
                    if ln.startswith("convhub_batch_size_sum") or ln.startswith("convhub_batch_size_count")]
         print("server batches: " + "; ".join(batches), file=sys.stderr)
@@ -124,11 +143,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.clients} clients x 1 image/request, server max batch {a.batch} (delay {a.delay_ms:g} ms), "
           f"in-process batch {a.batch}, {a.seconds:g} s each in {a.rounds} interleaved rounds")
     print(f"{'input':8} {'HTTP img/s':>11} {'in-proc img/s':>14} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>7} {'in-proc + decode img/s':>23}")
+          f"{'errors':>7} {'in-proc + decode img/s':>23}   CPU ms/img: {'server':>7} {'client':>7} {'in-proc':>8}")
     for r in rows:
         extra = f"{r['in_process_with_decode_img_s']:23.1f}" if r["in_process_with_decode_img_s"] else f"{'-':>23}"
         print(f"{r['mode']:8} {r['http_img_s']:11.1f} {r['in_process_img_s']:14.1f} {r['ratio']:7.2f} "
-              f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d} {extra}")
+              f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d} {extra}   {'':11} "
+              f"{r['server_cpu_ms_per_img']:7.2f} {r['client_cpu_ms_per_img']:7.2f} {r['in_process_cpu_ms_per_img']:8.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"date": when, "backend": backend.kind, "rows": rows}, indent=1))
     return 0

@@ -146,10 +146,15 @@ def _from_json(data: object, dtype: np.dtype, count: int, shape: list[int]) -> n
 
 def _to_model_input(arr: np.ndarray, dt_name: str, spec: InputSpec) -> np.ndarray:
     if dt_name == "UINT8":
-        # UINT8 inputs are unnormalized RGB pixels: apply the model's own scale and mean/std
-        mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)
+        # UINT8 inputs are unnormalized RGB pixels: apply the model's own scale and mean/std, as one
+        # multiply-add per pixel ((p / 255 - mean) / std = p * scale + offset)
         std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
-        return np.ascontiguousarray((arr.astype(np.float32) / 255.0 - mean) / std, dtype=np.float32)
+        scale = 1.0 / (255.0 * std)
+        offset = -np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / std
+        x = arr.astype(np.float32)
+        x *= scale
+        x += offset
+        return x
     x = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(x).all():
         bad = int(x.size - np.isfinite(x).sum())

@@ -243,6 +243,6 @@ def test_load_script_smoke(torch_server):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads(r.stdout)
     assert rep["errors"] == 0
-    assert all(rep["modes"][m]["ok"] >= 1 for m in ("json", "binary", "jpeg")), rep["modes"]
+    assert all(rep["modes"][m]["ok"] >= 1 for m in ("json", "binary", "binary-u8", "jpeg")), rep["modes"]
     assert rep["rss_before_mib"] > 100 and rep["rss_after_mib"] > 100
     assert rep["p50_ms"] > 0 and rep["p99_ms"] >= rep["p50_ms"]
