@@ -3,7 +3,9 @@
 
 Starts `python -m serve` on 127.0.0.1 (dynamic batching, max batch B), builds the same backend in this
 process, and measures in one run, side by side: the backend alone on batches of B, then C concurrent
-HTTP clients sending one image per request as binary tensors and as JPEG uploads. Prints a table.
+HTTP clients sending one image per request as binary FP32 tensors, binary UINT8 pixel tensors and JPEG
+uploads. Prints a table, with the CPU each side spent per image (server process, load generator = this
+process, the bare backend) so the overhead can be placed.
 
     python benchmarks/serve_overhead.py --backend onnxruntime --clients 8 --batch 8 --seconds 10
 """
