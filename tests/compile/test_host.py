@@ -126,3 +126,20 @@ def test_unsupported_op_names_op_and_model():
     with pytest.raises(UnsupportedOpError, match=r"'bessel-net'.*special_bessel_j0") as exc:
         import_program(ep, model_name="bessel-net")
     assert exc.value.ops == ["special_bessel_j0.default"]
+
+
+def test_profile_times_every_kernel_in_sequence(host_artifact):
+    from compile.profile import profile_artifact
+
+    art = compile.load(host_artifact.path)
+    kernels, wall_ms = profile_artifact(art, batch=2, runs=2)
+    convs = [k for k in kernels if "conv2d" in k.name]
+    assert convs and wall_ms > 0
+    assert all(k.ms > 0 and k.calls >= 1 for k in kernels)
+    assert [k.ms for k in kernels] == sorted((k.ms for k in kernels), reverse=True)
+    # the shapes are those of this run: NHWC activations with the batch first
+    assert all(k.shapes[0][0] == 2 for k in convs)
+    # the instrument is removed afterwards: plain runs still match
+    assert art.run(np.zeros((1, 3, 224, 224), np.float32))[0].shape[0] == 1
+    with pytest.raises(ValueError, match="outside the artifact's range"):
+        profile_artifact(art, batch=art.max_batch + 1)

@@ -1,0 +1,82 @@
+"""Per-kernel time of a compiled artifact, measured in sequence inside the real VM run.
+
+Kernels timed one by one (`lib.time_evaluator`) run with hot caches; inside a model each kernel reads what the
+previous one just wrote, and the gap can be large (efficientnet-lite0: depthwise convs at 56x56-112x112 took
+~5x longer in sequence than alone). This uses the Relax VM's instrument hook: a timestamp before and after
+every call instruction, medians over several runs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .artifact import CompiledArtifact
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel (or VM builtin): calls per run, median ms per run summed over its calls, argument shapes."""
+
+    name: str
+    calls: int
+    ms: float
+    shapes: tuple[tuple[int, ...], ...]
+
+
+def profile_artifact(artifact: CompiledArtifact, batch: int | None = None, runs: int = 10
+                     ) -> tuple[list[KernelTime], float]:
+    """Kernel times sorted by cost, and the median wall time (ms) of the un-instrumented run."""
+    from ._tvm import tvm
+
+    b = batch or artifact.min_batch
+    if not artifact.min_batch <= b <= artifact.max_batch:
+        raise ValueError(f"batch {b} is outside the artifact's range {artifact.min_batch}..{artifact.max_batch}")
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    shape = artifact.manifest["input"]["shape"][1:]
+    x = tvm.runtime.tensor(np.random.default_rng(0).random((b, *shape), dtype=np.float32), artifact._device)
+    vm, params = artifact._vm, artifact._params
+    main = vm["main"]
+    for _ in range(3):
+        main(x, *params)
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        main(x, *params)
+        walls.append(time.perf_counter() - t0)
+
+    calls: list[tuple[str, float]] = []
+    shapes: dict[str, tuple] = {}
+    started: list[float] = []
+
+    def instrument(func, symbol, before_run, ret_value, *args) -> int:
+        now = time.perf_counter()
+        if before_run:
+            started.append(now)
+            if symbol not in shapes:
+                shapes[symbol] = tuple(tuple(int(d) for d in a.shape) for a in args if hasattr(a, "shape"))
+        else:
+            calls.append((symbol, now - started.pop()))
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    per_run: list[list[tuple[str, float]]] = []
+    with artifact._lock:
+        vm.set_instrument(instrument)
+        try:
+            for _ in range(runs):
+                calls.clear()
+                main(x, *params)
+                per_run.append(list(calls))
+        finally:
+            vm.set_instrument(lambda *a: 0)
+    totals: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    for i, (name, _) in enumerate(per_run[0]):
+        med = float(np.median([r[i][1] for r in per_run]))
+        totals.setdefault(name, []).append(med)
+        counts[name] = counts.get(name, 0) + 1
+    kernels = [KernelTime(n, counts[n], 1000 * sum(v), shapes.get(n, ())) for n, v in totals.items()]
+    kernels.sort(key=lambda k: -k.ms)
+    return kernels, 1000 * float(np.median(walls))
