@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Bounded load / soak test for `convhub serve` on loopback.
 
-Concurrent clients send JSON tensors, binary tensors and JPEG uploads (round-robin) for a fixed time
+Concurrent clients send JSON tensors, binary FP32 and UINT8 tensors and JPEG uploads (round-robin) for a fixed time
 and/or number of requests, check every reply, and report throughput, p50/p99 latency, errors and the
 server's RSS (from /metrics) before and after.
 
