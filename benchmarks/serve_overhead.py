@@ -108,33 +108,34 @@ def main(argv: list[str] | None = None) -> int:
         buf = io.BytesIO()
         photo.save(buf, "JPEG", quality=90)
         # interleave short rounds: other jobs on these cores then load both sides alike
-        acc = {m: {"http": 0.0, "base": 0.0, "decode": 0.0, "lat": [], "errors": 0, "cpu": [0.0, 0.0, 0.0, 0]}
+        acc = {m: {"http": 0.0, "base": 0.0, "decode": 0.0, "lat": [], "errors": 0,
+                   "server_cpu": 0.0, "client_cpu": 0.0, "base_cpu_ms": 0.0, "requests": 0}
                for m in MODES}
         per = a.seconds / a.rounds
         for _ in range(a.rounds):
             for mode in MODES:
+                v = acc[mode]
                 speed, base_cpu = in_process(backend, x, per)
-                acc[mode]["base"] += speed / a.rounds
                 s0, c0 = server_cpu_s(srv.url), time.process_time()
                 rep = lt.run(srv.url, a.model, duration=per, requests=None, concurrency=a.clients, modes=[mode],
                              batch=1, api_key=None)
                 # where the CPU went, per image: the server, the load generator (this process), the bare backend
-                cpu = acc[mode]["cpu"]
-                cpu[0] += server_cpu_s(srv.url) - s0
-                cpu[1] += time.process_time() - c0
-                cpu[2] += base_cpu / a.rounds
-                cpu[3] += rep["requests_ok"]
-                acc[mode]["http"] += rep["images_per_s"] / a.rounds
-                acc[mode]["lat"] += [rep["p50_ms"], rep["p99_ms"]]
-                acc[mode]["errors"] += rep["errors"]
+                v["server_cpu"] += server_cpu_s(srv.url) - s0
+                v["client_cpu"] += time.process_time() - c0
+                v["base_cpu_ms"] += base_cpu / a.rounds
+                v["requests"] += rep["requests_ok"]
+                v["base"] += speed / a.rounds
+                v["http"] += rep["images_per_s"] / a.rounds
+                v["lat"] += [rep["p50_ms"], rep["p99_ms"]]
+                v["errors"] += rep["errors"]
                 if mode == "jpeg":
-                    acc[mode]["decode"] += in_process_jpeg(backend, buf.getvalue(), pre, a.batch, per) / a.rounds
+                    v["decode"] += in_process_jpeg(backend, buf.getvalue(), pre, a.batch, per) / a.rounds
         rows = [{"mode": m, "http_img_s": v["http"], "in_process_img_s": v["base"],
                  "in_process_with_decode_img_s": v["decode"] or None, "ratio": v["http"] / v["base"],
                  "p50_ms": float(np.median(v["lat"][0::2])), "p99_ms": float(max(v["lat"][1::2])),
-                 "errors": v["errors"], "server_cpu_ms_per_img": 1000 * v["cpu"][0] / max(1, v["cpu"][3]),
-                 "client_cpu_ms_per_img": 1000 * v["cpu"][1] / max(1, v["cpu"][3]),
-                 "in_process_cpu_ms_per_img": v["cpu"][2]} for m, v in acc.items()]
+                 "errors": v["errors"], "server_cpu_ms_per_img": 1000 * v["server_cpu"] / max(1, v["requests"]),
+                 "client_cpu_ms_per_img": 1000 * v["client_cpu"] / max(1, v["requests"]),
+                 "in_process_cpu_ms_per_img": v["base_cpu_ms"]} for m, v in acc.items()]
         batches = [ln for ln in httpx.get(srv.url + "/metrics").text.splitlines()
                    if ln.startswith("convhub_batch_size_sum") or ln.startswith("convhub_batch_size_count")]
         print("server batches: " + "; ".join(batches), file=sys.stderr)

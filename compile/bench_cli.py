@@ -117,7 +117,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         tuned = tuning.build(mod, params, target, args.db)
         t_ms = float(np.median(tuning.time_callable(lambda: tuned(x)))) * 1e3
-        untuned = tuning.build(mod, params, target)
+        untuned = tuning.build(mod, params, target, schedule="stock")  # TVM with no schedules at all
         u_ms = float(np.median(tuning.time_callable(lambda: untuned(x), warmup=1, min_runs=3, min_seconds=0)))
         u_ms *= 1e3
         print(f"[tune] latency untuned {u_ms:.1f} ms, tuned {t_ms:.2f} ms ({u_ms / t_ms:.1f}x)", flush=True)

@@ -100,28 +100,30 @@ def _module_kinds(mod) -> set[str]:
 SCHEDULES = ("rules", "tuned", "stock")
 
 
-def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool,
-                     schedule: str = "rules") -> tuple[Any, str | None]:
-    """(executable, name of the params-transform function or None), checking that device code exists.
+def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = False, schedule: str = "rules"):
+    """tvm.compile with the Relax pipeline `schedule` asks for; TVM's own errors pass through.
 
-    CPU presets with schedule="rules": compile.cpu_pipeline (NHWC, weights packed at load time, our schedule
-    rules on every kernel). With a database: the static_shape_tuning pipeline with total_trials=0 and the
-    database as work_dir (the only way a saved log re-applies, DESIGN.md), then the standard lowering.
-    Otherwise tvm.compile with get_default_pipeline(target) (the "default" string does not fuse on CPU, and a
-    pipeline object without dlight silently drops the CUDA module).
+    With a database: the static_shape_tuning pipeline with total_trials=0 and the database as work_dir (the only
+    way a saved log re-applies, DESIGN.md), then the standard lowering. llvm targets with schedule="rules":
+    compile.cpu_pipeline (NHWC, weights packed at load time, our schedule rules on every kernel). Otherwise
+    get_default_pipeline(target) (the "default" string does not fuse on CPU, and a pipeline object without
+    dlight silently drops the CUDA module).
     """
     from ._tvm import relax, tvm
-    target = preset.tvm_target()
+    if database is not None:
+        from .tuning import apply_database
+        return tvm.compile(apply_database(mod, target, database, prepack=prepack), target=target)
+    if schedule == "rules" and target.kind.name == "llvm":
+        from .cpu_pipeline import cpu_pipeline
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+
+
+def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool,
+                     schedule: str = "rules") -> tuple[Any, str | None]:
+    """(executable, name of the params-transform function or None), checking that device code exists."""
     try:
-        if database is not None:
-            mod = relax.get_pipeline("static_shape_tuning", target=target, total_trials=0,
-                                     work_dir=str(database), cpu_weight_prepack=prepack)(mod)
-            ex = tvm.compile(mod, target=target)
-        elif preset.device == "cpu" and schedule == "rules":
-            from .cpu_pipeline import cpu_pipeline
-            ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
-        else:
-            ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+        ex = compile_relax(mod, preset.tvm_target(), database=database, prepack=prepack, schedule=schedule)
     except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .build import DEFAULT_MAX_BATCH
+from .build import DEFAULT_MAX_BATCH, SCHEDULES
 from .errors import VerificationError
 
 
@@ -46,7 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-weights", action="store_true",
                    help="compile with seeded random weights (no download; for testing pipelines)")
     p.add_argument("--force", action="store_true", help="replace --out if it already holds something")
-    p.add_argument("--schedule", choices=("rules", "tuned", "stock"), default="rules",
+    p.add_argument("--schedule", choices=SCHEDULES, default="rules",
                    help="rules: convhub's CPU schedule rules, no tuning (default); tuned: the MetaSchedule "
                         "database from `convhub tune` (needs --max-batch 1); stock: TVM's default pipeline")
     p.set_defaults(func=cmd_compile)

@@ -37,8 +37,7 @@ def profile_artifact(artifact: CompiledArtifact, batch: int | None = None, runs:
         raise ValueError(f"runs must be >= 1, got {runs}")
     shape = artifact.manifest["input"]["shape"][1:]
     x = tvm.runtime.tensor(np.random.default_rng(0).random((b, *shape), dtype=np.float32), artifact._device)
-    vm, params = artifact._vm, artifact._params
-    main = vm["main"]
+    vm, main, params = artifact._vm, artifact._main, artifact._params
     for _ in range(3):
         main(x, *params)
     walls = []
@@ -70,13 +69,10 @@ def profile_artifact(artifact: CompiledArtifact, batch: int | None = None, runs:
                 main(x, *params)
                 per_run.append(list(calls))
         finally:
-            vm.set_instrument(lambda *a: 0)
-    totals: dict[str, list[float]] = {}
-    counts: dict[str, int] = {}
+            vm.set_instrument(None)  # removed, not replaced by a no-op: run() must not pay for it afterwards
+    per_call: dict[str, list[float]] = {}  # kernel -> median seconds of each of its calls
     for i, (name, _) in enumerate(per_run[0]):
-        med = float(np.median([r[i][1] for r in per_run]))
-        totals.setdefault(name, []).append(med)
-        counts[name] = counts.get(name, 0) + 1
-    kernels = [KernelTime(n, counts[n], 1000 * sum(v), shapes.get(n, ())) for n, v in totals.items()]
+        per_call.setdefault(name, []).append(float(np.median([r[i][1] for r in per_run])))
+    kernels = [KernelTime(n, len(v), 1000 * sum(v), shapes.get(n, ())) for n, v in per_call.items()]
     kernels.sort(key=lambda k: -k.ms)
     return kernels, 1000 * float(np.median(walls))

@@ -171,12 +171,12 @@ def prepare_for_tuning(mod, target):
         ])(mod)
 
 
-def apply_database(mod, target, work_dir: Path | str):
-    """Apply a tuning database (no tuning) the way the compile core does; returns the scheduled module."""
+def apply_database(mod, target, work_dir: Path | str, *, prepack: bool = True):
+    """Apply a tuning database (no tuning; compile.build uses this too); returns the scheduled module."""
     from tvm import relax
 
     return relax.get_pipeline("static_shape_tuning", target=make_target(target), total_trials=0,
-                              work_dir=str(work_dir), cpu_weight_prepack=True)(mod)
+                              work_dir=str(work_dir), cpu_weight_prepack=prepack)(mod)
 
 
 @dataclass
@@ -207,22 +207,14 @@ def build(mod, params: list, target, work_dir: Path | str | None = None, *, sche
     import tvm
     from tvm import relax
 
-    from .build import params_transform_of
+    from .build import compile_relax, params_transform_of
 
     target = make_target(target)
     dev = tvm.cpu()
-    tparams = [tvm.runtime.tensor(p.numpy() if hasattr(p, "numpy") else p, dev) for p in params]
-    if work_dir is not None:
-        mod = apply_database(mod, target, work_dir)
-        ex = tvm.compile(mod, target=target)
-    elif schedule == "rules":
-        from .cpu_pipeline import cpu_pipeline
-        ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
-    else:
-        with target:
-            mod = relax.get_pipeline("zero")(mod)
-        ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+    ex = compile_relax(mod, target, database=Path(work_dir) if work_dir is not None else None, prepack=True,
+                       schedule=schedule)
     vm = relax.VirtualMachine(ex, dev)
+    tparams = [tvm.runtime.tensor(p.numpy() if hasattr(p, "numpy") else p, dev) for p in params]
     transform = params_transform_of(ex)
     if transform:
         tparams = list(vm[transform](tparams))

@@ -54,10 +54,11 @@ async def infer(name: str, request: Request) -> Response:
     body = await read_body(request, limits.max_body_bytes)
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
-    args = (body, request.headers.get("inference-header-content-length"), m.spec, limits.max_images)
+    hlen = request.headers.get("inference-header-content-length")
+    args = (body, hlen, m.spec, limits.max_images)
     # large JSON tensors take tens of ms to parse: keep them off the event loop; binary tensors need only
     # a small JSON header and a view of the body, cheaper than the hop to a thread (~0.1 ms per image)
-    if _cheap_to_parse(args[1], len(body)):
+    if _cheap_to_parse(hlen, len(body)):
         req = parse_infer(*args)
     else:
         req = await loop.run_in_executor(svc.decode_pool, parse_infer, *args)
