@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--untuned-batches", default="",
                     help="batches at which TVM's stock pipeline (no schedules) also runs; it is very slow")
     ap.add_argument("--tuned", action="store_true", help="also run the shipped MetaSchedule databases (tvm-tuned)")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=0.4)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--seconds", type=float, default=0.25)
     ap.add_argument("--plot", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)

@@ -223,7 +223,7 @@ class _RssPeak:
 
 
 def benchmark(name: str, backends: list[str], batches: list[int], *, module=None, size: int | None = None,
-              rounds: int = 7, seconds: float = 0.5, threads: int | None = None, target: str | None = None,
+              rounds: int = 15, seconds: float = 0.25, threads: int | None = None, target: str | None = None,
               tvm_db: str | None = None, random_init: bool = False, log=None,
               cache: dict[str, Any] | None = None) -> list[Result]:
     """Measure `backends` on `name` at each batch size, interleaved; returns one Result per (backend, batch).
@@ -279,6 +279,11 @@ def benchmark(name: str, backends: list[str], batches: list[int], *, module=None
                     r = runners[b]
                     if r.max_rounds is not None and rnd >= r.max_rounds:
                         continue
+                    if r.max_rounds is None:
+                        # Untimed settle call: the backend that ran before leaves its worker threads spinning
+                        # for a while, and the first call after a switch shares the cores with them (a TVM run
+                        # right after ORT's took 78 ms instead of 14 ms). Single-backend serving never sees that.
+                        r.run(x)
                     end = time.perf_counter() + seconds
                     n = 0
                     while True:

@@ -31,8 +31,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--target", default=None, help="TVM target preset (default: this host)")
     b.add_argument("--tvm-db", default=None,
                    help="MetaSchedule database for the tvm-tuned backend (default: the shipped one)")
-    b.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
-    b.add_argument("--seconds", type=float, default=0.5, help="time per backend per round (default: 0.5)")
+    b.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default: 15)")
+    b.add_argument("--seconds", type=float, default=0.25, help="time per backend per round (default: 0.25)")
     b.add_argument("--threads", type=int, default=None, help="threads per backend (default: all cores)")
     b.add_argument("--random-init", action="store_true", help="random weights (speed only; no download)")
     b.add_argument("--plot", default=None, help="write a PNG chart to this path")
