@@ -37,7 +37,7 @@ def profile_artifact(artifact: CompiledArtifact, batch: int | None = None, runs:
         raise ValueError(f"runs must be >= 1, got {runs}")
     shape = artifact.manifest["input"]["shape"][1:]
     x = tvm.runtime.tensor(np.random.default_rng(0).random((b, *shape), dtype=np.float32), artifact._device)
-    vm, main, params = artifact._vm, artifact._main, artifact._params
+    main, params = artifact._main, artifact._params
     for _ in range(3):
         main(x, *params)
     walls = []
@@ -46,33 +46,46 @@ def profile_artifact(artifact: CompiledArtifact, batch: int | None = None, runs:
         main(x, *params)
         walls.append(time.perf_counter() - t0)
 
-    calls: list[tuple[str, float]] = []
-    shapes: dict[str, tuple] = {}
-    started: list[float] = []
+    with artifact._lock:
+        shapes = {c.name: c.shapes for c in timed_calls(artifact, x, record_shapes=True)}
+        per_run = [timed_calls(artifact, x) for _ in range(runs)]
+    per_call: dict[str, list[float]] = {}  # kernel -> median seconds of each of its calls
+    for i, call in enumerate(per_run[0]):
+        per_call.setdefault(call.name, []).append(float(np.median([r[i].seconds for r in per_run])))
+    kernels = [KernelTime(n, len(v), 1000 * sum(v), shapes.get(n, ())) for n, v in per_call.items()]
+    kernels.sort(key=lambda k: -k.ms)
+    return kernels, 1000 * float(np.median(walls))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One VM call of one run: kernel (or builtin) name, seconds, argument shapes (when recorded)."""
+
+    name: str
+    seconds: float
+    shapes: tuple[tuple[int, ...], ...] = ()
+
+
+def timed_calls(artifact: CompiledArtifact, x, record_shapes: bool = False) -> list[Call]:
+    """One run of the artifact on tensor `x` with a timestamp around every VM call, in call order."""
+    calls: list[Call] = []
+    started: list[tuple[float, tuple]] = []
 
     def instrument(func, symbol, before_run, ret_value, *args) -> int:
         now = time.perf_counter()
         if before_run:
-            started.append(now)
-            if symbol not in shapes:
-                shapes[symbol] = tuple(tuple(int(d) for d in a.shape) for a in args if hasattr(a, "shape"))
+            shapes = (tuple(tuple(int(d) for d in a.shape) for a in args if hasattr(a, "shape"))
+                      if record_shapes else ())
+            started.append((now, shapes))
         else:
-            calls.append((symbol, now - started.pop()))
+            t0, shapes = started.pop()
+            calls.append(Call(symbol, now - t0, shapes))
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
-    per_run: list[list[tuple[str, float]]] = []
-    with artifact._lock:
-        vm.set_instrument(instrument)
-        try:
-            for _ in range(runs):
-                calls.clear()
-                main(x, *params)
-                per_run.append(list(calls))
-        finally:
-            vm.set_instrument(None)  # removed, not replaced by a no-op: run() must not pay for it afterwards
-    per_call: dict[str, list[float]] = {}  # kernel -> median seconds of each of its calls
-    for i, (name, _) in enumerate(per_run[0]):
-        per_call.setdefault(name, []).append(float(np.median([r[i][1] for r in per_run])))
-    kernels = [KernelTime(n, len(v), 1000 * sum(v), shapes.get(n, ())) for n, v in per_call.items()]
-    kernels.sort(key=lambda k: -k.ms)
-    return kernels, 1000 * float(np.median(walls))
+    vm = artifact._vm
+    vm.set_instrument(instrument)
+    try:
+        artifact._main(x, *artifact._params)
+    finally:
+        vm.set_instrument(None)  # removed, not replaced by a no-op: run() must not pay for it afterwards
+    return calls

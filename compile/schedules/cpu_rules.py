@@ -173,7 +173,8 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) -> s
         sch.reorder(n, h, w_o, f_o, ry, rx, rc, w_i, f_k, f_l)
         tile_loop = f_o
     else:
-        sch.reorder(n, f_o, h, w_o, ry, rx, rc, w_i, f_k, f_l)
+        # batch inside the channel blocks too: a block's weights are read once for all images of a batch
+        sch.reorder(f_o, n, h, w_o, ry, rx, rc, w_i, f_k, f_l)
         tile_loop = w_o
     acc = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(acc, tile_loop, preserve_unit_loops=True)

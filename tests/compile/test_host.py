@@ -143,3 +143,20 @@ def test_profile_times_every_kernel_in_sequence(host_artifact):
     assert art.run(np.zeros((1, 3, 224, 224), np.float32))[0].shape[0] == 1
     with pytest.raises(ValueError, match="outside the artifact's range"):
         profile_artifact(art, batch=art.max_batch + 1)
+
+
+def test_tvm_vs_ort_layers_pairs_every_conv(host_artifact):
+    """benchmarks/tvm_vs_ort_layers.py (smoke): every conv of the artifact paired with ORT's, times > 0."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tvm_vs_ort_layers.py"
+    out = subprocess.run([sys.executable, str(script), str(host_artifact.path), "--runs", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln.split() for ln in out.stdout.splitlines() if ln.split() and ln.split()[0].isdigit()]
+    total = next(ln.split() for ln in out.stdout.splitlines() if ln.startswith("sum"))
+    assert len(rows) >= 3 and all("conv2d" in r[-1] for r in rows)
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+    assert float(total[2]) == pytest.approx(sum(float(r[2]) for r in rows), abs=0.01 * len(rows))
