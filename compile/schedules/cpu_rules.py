@@ -164,10 +164,10 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) -> s
     # Loop order by weight size. Small weights (depthwise, early 1x1 convs): rows, column tiles, then every
     # channel block, so a tile reads and writes whole pixels (contiguous memory) while all the weights stay in
     # L1/L2. In the VM run this was 1.5-4x faster on the 56x56-112x112 layers than channel blocks outside rows,
-    # which walked the whole activation once per block at a 64-byte-per-pixel stride (lite0 batch 1: 17.8 -> 13.9
-    # ms end to end, measured interleaved with ORT). Large weights keep channel blocks outside rows: one block's
-    # weights then stay in L2 for every row (rows outside re-streamed all weights per row: 7x7x512 3x3 went from
-    # 12 to 30 GFLOP/s that way).
+    # which walked the whole activation once per block at a 64-byte-per-pixel stride (lite0 batch 1, TVM/ORT
+    # 1.54 -> 1.25 in benchmarks/tvm_cpu.py with the depthwise unroll below). Large weights keep channel blocks
+    # outside rows: one block's weights then stay in L2 for every row (rows outside re-streamed all weights per
+    # row: 7x7x512 3x3 went from 12 to 30 GFLOP/s that way).
     weight_bytes = 4 * out_ch * _extent(sch, ry) * _extent(sch, rx) * _extent(sch, rc)
     if weight_bytes <= SMALL_WEIGHT_BYTES:
         sch.reorder(n, h, w_o, f_o, ry, rx, rc, w_i, f_k, f_l)
