@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import io
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -32,7 +32,9 @@ MODES = ("binary", "binary-u8", "jpeg")  # FP32 tensors, UINT8 pixel tensors, JP
 sys.path.insert(0, str(ROOT))
 
 
+@functools.cache
 def _load_test():
+    """scripts/load_test.py as a module (loaded once)."""
     spec = importlib.util.spec_from_file_location("load_test", ROOT / "scripts" / "load_test.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["load_test"] = mod  # dataclasses look their module up there
@@ -52,8 +54,8 @@ def in_process(backend, x: np.ndarray, seconds: float) -> tuple[float, float]:
 
 def server_cpu_s(url: str) -> float:
     """The server process's CPU seconds so far (user + system), from its Prometheus endpoint."""
-    text = httpx.get(url + "/metrics").text
-    return float(re.search(r"^process_cpu_seconds_total (\S+)$", text, re.M).group(1))
+    with httpx.Client(base_url=url) as c:
+        return _load_test().server_metric(c, "process_cpu_seconds_total")
 
 
 def in_process_jpeg(backend, jpeg: bytes, preprocess, batch: int, seconds: float) -> float:

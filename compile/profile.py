@@ -28,15 +28,9 @@ class KernelTime:
 def profile_artifact(artifact: CompiledArtifact, batch: int | None = None, runs: int = 10
                      ) -> tuple[list[KernelTime], float]:
     """Kernel times sorted by cost, and the median wall time (ms) of the un-instrumented run."""
-    from ._tvm import tvm
-
-    b = batch or artifact.min_batch
-    if not artifact.min_batch <= b <= artifact.max_batch:
-        raise ValueError(f"batch {b} is outside the artifact's range {artifact.min_batch}..{artifact.max_batch}")
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    shape = artifact.manifest["input"]["shape"][1:]
-    x = tvm.runtime.tensor(np.random.default_rng(0).random((b, *shape), dtype=np.float32), artifact._device)
+    _, x = sample_input(artifact, batch)
     main, params = artifact._main, artifact._params
     for _ in range(3):
         main(x, *params)
@@ -55,6 +49,17 @@ def profile_artifact(artifact: CompiledArtifact, batch: int | None = None, runs:
     kernels = [KernelTime(n, len(v), 1000 * sum(v), shapes.get(n, ())) for n, v in per_call.items()]
     kernels.sort(key=lambda k: -k.ms)
     return kernels, 1000 * float(np.median(walls))
+
+
+def sample_input(artifact: CompiledArtifact, batch: int | None = None) -> tuple[np.ndarray, "tvm.runtime.Tensor"]:
+    """A seeded random input batch (default: the artifact's smallest) as numpy and as a tensor on its device."""
+    from ._tvm import tvm
+
+    b = batch or artifact.min_batch
+    if not artifact.min_batch <= b <= artifact.max_batch:
+        raise ValueError(f"batch {b} is outside the artifact's range {artifact.min_batch}..{artifact.max_batch}")
+    x = np.random.default_rng(0).random((b, *artifact.manifest["input"]["shape"][1:]), dtype=np.float32)
+    return x, tvm.runtime.tensor(x, artifact._device)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,10 @@ class _HttpError(Exception):
     """A malformed or cut-off reply."""
 
 
+# what a broken connection or a cut-off/malformed reply raises: the request counts as an error, the client reconnects
+_NET_ERRORS = (OSError, asyncio.TimeoutError, _HttpError, httptools.HttpParserError)
+
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection; all clients share one event loop (uvloop when installed).
 
@@ -95,7 +99,7 @@ class _Connection:
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         try:
             return await asyncio.wait_for(self._post(path, body, headers), self._timeout)
-        except (OSError, asyncio.TimeoutError, _HttpError, httptools.HttpParserError):
+        except _NET_ERRORS:
             self.close()  # reconnect on the next request
             raise
 
@@ -164,10 +168,16 @@ def _run_loop(main) -> None:
         runner.run(main)
 
 
+def server_metric(client: httpx.Client, name: str) -> float | None:
+    """One unlabelled sample from the server's Prometheus endpoint (None when it is not exported)."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", client.get("/metrics").text, re.M)
+    return float(m.group(1)) if m else None
+
+
 def server_rss(client: httpx.Client) -> float | None:
-    """The server's resident memory in MiB, from its Prometheus endpoint."""
-    m = re.search(r"^process_resident_memory_bytes (\S+)$", client.get("/metrics").text, re.M)
-    return float(m.group(1)) / 2**20 if m else None
+    """The server's resident memory in MiB."""
+    rss = server_metric(client, "process_resident_memory_bytes")
+    return rss / 2**20 if rss is not None else None
 
 
 def run(url: str, model: str, *, duration: float, requests: int | None, concurrency: int, modes: list[str],
@@ -207,8 +217,7 @@ def run(url: str, model: str, *, duration: float, requests: int | None, concurre
                         # same payload, same answer: catches replies routed to the wrong request
                         cos = (emb * ref).sum() / (np.linalg.norm(emb) * np.linalg.norm(ref))
                         err = None if emb.shape == ref.shape and cos > 0.999 else f"inconsistent reply (cos {cos:.4f})"
-                except (OSError, asyncio.TimeoutError, _HttpError, httptools.HttpParserError, ValueError,
-                        KeyError) as exc:
+                except (*_NET_ERRORS, ValueError, KeyError) as exc:
                     dt, err = time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
                 s = stats[mode]
                 if err:

@@ -53,7 +53,8 @@ def parse_json(raw: bytes, what: str = "request body") -> object:
                          'expected {"inputs": [{"name", "shape", "datatype", "data"}]}', code="malformed_json") from None
 
 
-def _header_length(value: str | None, body_len: int) -> int | None:
+def header_length(value: str | None, body_len: int) -> int | None:
+    """The Inference-Header-Content-Length value as an int (None: a plain JSON request); BadRequest if malformed."""
     if value is None:
         return None
     if not value.strip().isdigit() or int(value) > body_len:
@@ -62,9 +63,9 @@ def _header_length(value: str | None, body_len: int) -> int | None:
     return int(value)
 
 
-def parse_infer(body: bytes, header_length: str | None, spec: InputSpec, max_images: int) -> InferRequest:
+def parse_infer(body: bytes, header_value: str | None, spec: InputSpec, max_images: int) -> InferRequest:
     """Parse and validate a v2 infer request for a model with input `spec`."""
-    hlen = _header_length(header_length, len(body))
+    hlen = header_length(header_value, len(body))
     # a memoryview: slicing the tensor bytes off the body must not copy them (600 KB per 224x224 image)
     view = memoryview(body)
     head, binary = (body, view[:0]) if hlen is None else (bytes(view[:hlen]), view[hlen:])

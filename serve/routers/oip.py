@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ..limits import read_body
-from ..tensors import encode_response, parse_infer
+from ..tensors import encode_response, header_length, parse_infer
 from .deps import require_key, service
 
 router = APIRouter(tags=["v2 (Open Inference Protocol)"], dependencies=[Depends(require_key)])
@@ -27,11 +27,10 @@ _INLINE_BINARY_BYTES = 4 << 20
 _INLINE_HEADER_BYTES = 16 << 10
 
 
-def _cheap_to_parse(header_length: str | None, body_len: int) -> bool:
+def _cheap_to_parse(hlen: str | None, body_len: int) -> bool:
     """Binary-tensor requests with a small JSON header and a few MB of tensor data: parse on the event loop."""
-    if header_length is None or not header_length.strip().isdigit():
-        return False  # JSON tensors (or a malformed header, which the parser reports) go to the pool
-    return int(header_length) <= _INLINE_HEADER_BYTES and body_len <= _INLINE_BINARY_BYTES
+    n = header_length(hlen, body_len)  # a malformed value is the same BadRequest parse_infer would raise
+    return n is not None and n <= _INLINE_HEADER_BYTES and body_len <= _INLINE_BINARY_BYTES
 
 
 @router.get("/v2/models/{name}", summary="Model metadata: input and named outputs")
