@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,13 +43,27 @@ def _load_test():
     return mod
 
 
-def in_process(backend, x: np.ndarray, seconds: float) -> tuple[float, float]:
-    """images/s of backend.run on batches of len(x) after one warm-up, and CPU ms per image."""
-    backend.run(x, ["pooled"])
-    n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - t0 < seconds:
-        backend.run(x, ["pooled"])
-        n += len(x)
+def in_process(handles: list, make_batch, seconds: float) -> tuple[float, float]:
+    """images/s of backend.run on the batches make_batch() returns, one thread per handle running side by side
+    (as the server's compute instances do), after one warm-up each; and CPU ms per image."""
+    for h in handles:
+        h.run(make_batch(), ["pooled"])
+    counts = [0] * len(handles)
+
+    def loop(i: int) -> None:
+        while time.perf_counter() - t0 < seconds:
+            x = make_batch()
+            handles[i].run(x, ["pooled"])
+            counts[i] += len(x)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(1, len(handles))]
+    for t in threads:
+        t.start()
+    loop(0)
+    for t in threads:
+        t.join()
+    n = sum(counts)
     return n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n
 
 
@@ -58,16 +73,11 @@ def server_cpu_s(url: str) -> float:
         return _load_test().server_metric(c, "process_cpu_seconds_total")
 
 
-def in_process_jpeg(backend, jpeg: bytes, preprocess, batch: int, seconds: float) -> float:
-    """images/s when this process also decodes and preprocesses each JPEG (no HTTP)."""
+def jpeg_batches(jpeg: bytes, preprocess, batch: int):
+    """make_batch for in_process: this process also decodes and preprocesses each JPEG (no HTTP)."""
     from serve.images import decode, to_input
 
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        x = np.stack([to_input(decode(jpeg, max_pixels=10**8), preprocess) for _ in range(batch)])
-        backend.run(x, ["pooled"])
-        n += batch
-    return n / (time.perf_counter() - t0)
+    return lambda: np.stack([to_input(decode(jpeg, max_pixels=10**8), preprocess) for _ in range(batch)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", default=None, help="TVM artifact directory (backend tvm)")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--batch", type=int, default=8, help="server max batch = in-process batch")
+    p.add_argument("--instances", type=int, default=1,
+                   help="batches run at once (server workers.compute_instances; in-process: as many threads), "
+                        "each on cores/instances intra-op threads")
     p.add_argument("--delay-ms", type=float, default=5.0, help="server max queue delay")
     p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the time is split among them)")
@@ -89,13 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     from tests.serve.helpers import Server  # the same real-server launcher the tests use
 
     lt = _load_test()
-    threads = os.cpu_count() or 1
+    if a.instances < 1:
+        p.error("--instances must be >= 1")
+    threads = max(1, (os.cpu_count() or 1) // a.instances)
     model_cfg = {"name": a.model, "backend": a.backend}
     if a.artifact:
         model_cfg["artifact"] = a.artifact
     cfg = {"models": [model_cfg], "batching": {"max_batch_size": a.batch, "max_delay_ms": a.delay_ms,
                                                "max_queue": max(64, 4 * a.clients)},
-           "workers": {"decode_threads": 2, "compute_threads": threads}, "log_level": "warning"}
+           "workers": {"decode_threads": 2, "compute_threads": threads, "compute_instances": a.instances},
+           "log_level": "warning"}
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     print(f"starting the server ({a.backend}) ...", file=sys.stderr)
     srv = Server(cfg, work)
@@ -104,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         backend, report = select.build(a.model, a.backend, threads=threads, max_batch=a.batch,
                                        artifact=Path(a.artifact) if a.artifact else None)
         print(report, file=sys.stderr)
+        handles = [backend] + [backend.instance() for _ in range(a.instances - 1)]
         photo = hub.samples.sample_photos()[0].open()
         pre = hub.transforms(a.model)
         x = np.repeat(pre(photo).numpy()[None], a.batch, axis=0)
@@ -117,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.rounds):
             for mode in MODES:
                 v = acc[mode]
-                speed, base_cpu = in_process(backend, x, per)
+                speed, base_cpu = in_process(handles, lambda: x, per)
                 s0, c0 = server_cpu_s(srv.url), time.process_time()
                 rep = lt.run(srv.url, a.model, duration=per, requests=None, concurrency=a.clients, modes=[mode],
                              batch=1, api_key=None)
@@ -131,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 v["lat"] += [rep["p50_ms"], rep["p99_ms"]]
                 v["errors"] += rep["errors"]
                 if mode == "jpeg":
-                    v["decode"] += in_process_jpeg(backend, buf.getvalue(), pre, a.batch, per) / a.rounds
+                    v["decode"] += in_process(handles, jpeg_batches(buf.getvalue(), pre, a.batch), per)[0] / a.rounds
         rows = [{"mode": m, "http_img_s": v["http"], "in_process_img_s": v["base"],
                  "in_process_with_decode_img_s": v["decode"] or None, "ratio": v["http"] / v["base"],
                  "p50_ms": float(np.median(v["lat"][0::2])), "p99_ms": float(max(v["lat"][1::2])),
@@ -144,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         srv.stop()
     when = datetime.date.today().isoformat()
-    print(f"\nserving overhead, {a.model}, backend {backend.kind}, {threads} cores ({platform.machine()}), {when}; "
-          f"{a.clients} clients x 1 image/request, server max batch {a.batch} (delay {a.delay_ms:g} ms), "
+    print(f"\nserving overhead, {a.model}, backend {backend.kind}, {os.cpu_count()} cores ({platform.machine()}), "
+          f"{when}; {a.instances} compute instance(s) x {threads} threads; {a.clients} clients x 1 image/request, server max batch {a.batch} (delay {a.delay_ms:g} ms), "
           f"in-process batch {a.batch}, {a.seconds:g} s each in {a.rounds} interleaved rounds")
     print(f"{'input':8} {'HTTP img/s':>11} {'in-proc img/s':>14} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'errors':>7} {'in-proc + decode img/s':>23}   CPU ms/img: {'server':>7} {'client':>7} {'in-proc':>8}")
@@ -155,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d} {extra}   {'':11} "
               f"{r['server_cpu_ms_per_img']:7.2f} {r['client_cpu_ms_per_img']:7.2f} {r['in_process_cpu_ms_per_img']:8.2f}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"date": when, "backend": backend.kind, "rows": rows}, indent=1))
+        Path(a.json).write_text(json.dumps({"date": when, "backend": backend.kind, "instances": a.instances,
+                                            "threads": threads, "rows": rows}, indent=1))
     return 0
 
 

@@ -1,10 +1,15 @@
-"""Dynamic batching per model: requests queue (bounded), the model's compute thread packs them into batches of
-at most `max_batch` rows, waiting up to `max_delay` for more, runs each batch and hands results back to the
+"""Dynamic batching per model: requests queue (bounded), the model's compute threads pack them into batches of
+at most `max_batch` rows, waiting up to `max_delay` for more, run each batch and hand results back to the
 event loop.
 
 The compute thread forms batches itself (a scheduler thread, as in Triton's dynamic batcher): when a batch
 ends it starts the next one from the queue at once, instead of waiting for the event loop -- busy reading
-other requests -- to get round to it (that hop cost ~5 % of throughput under load)."""
+other requests -- to get round to it (that hop cost ~5 % of throughput under load).
+
+With `instances` > 1 (Triton's instance count), that many compute threads each take whole batches from the one
+queue and run them at the same time, each on its own backend handle (`Backend.instance`). On a small CPU,
+two single-threaded batches side by side beat one batch on two threads under HTTP load: the event loop then
+delays one batch instead of stalling a barrier that both intra-op threads wait on (docs/serve.md)."""
 from __future__ import annotations
 
 import asyncio
@@ -52,28 +57,36 @@ class Batcher:
     """One per model. `submit` returns the outputs for its rows; raises Overloaded when the queue is full."""
 
     def __init__(self, backend: Backend, *, max_batch: int, max_delay_s: float, max_queue: int,
-                 on_batch: Callable[[BatchStats], None] | None = None,
+                 instances: int = 1, on_batch: Callable[[BatchStats], None] | None = None,
                  on_depth: Callable[[int], None] | None = None):
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
         self.backend = backend
+        self.instances = instances
+        # made here, not in start(): a TVM handle loads a VM (~1 s), so callers build Batchers off the event loop
+        self._handles = [backend] + [backend.instance() for _ in range(instances - 1)]
         self.max_batch = max(1, min(max_batch, backend.max_batch))  # never above what the backend supports
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._items: collections.deque[_Item] = collections.deque()
         self._pending_rows = 0
-        self._cv = threading.Condition()  # guards _items, _pending_rows, _busy, _closing, _stopped
+        self._cv = threading.Condition()  # guards _items, _pending_rows, _running, _closing, _stopped
         self._on_batch = on_batch or (lambda s: None)
         self._on_depth = on_depth or (lambda d: None)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closing = False
         self._stopped = False
-        self._busy = False
+        self._running = 0  # batches being computed now
+        self._forming = threading.Lock()  # held by the compute thread that is filling the next batch
 
     def start(self) -> None:
-        """Start the compute thread; results go back to the running event loop."""
+        """Start the compute threads (one per instance); results go back to the running event loop."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name=f"compute-{self.backend.model}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(h,), name=f"compute-{self.backend.model}-{i}",
+                                          daemon=True) for i, h in enumerate(self._handles)]
+        for t in self._threads:
+            t.start()
 
     @property
     def depth(self) -> int:
@@ -110,8 +123,9 @@ class Batcher:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _take_batch(self) -> list[_Item] | None:
-        """Compute thread: the next batch (may be empty when everything queued was cancelled); None to stop."""
-        with self._cv:
+        """Compute thread: the next batch (may be empty when everything queued was cancelled); None to stop.
+        One thread at a time forms a batch, so instances never split what could be one batch between them."""
+        with self._forming, self._cv:
             while not self._items:
                 if self._stopped:
                     return None
@@ -130,16 +144,17 @@ class Batcher:
                 if rows >= self.max_batch or self._items or remaining <= 0 or self._closing or self._stopped:
                     break  # full, or the next item does not fit, or waited long enough
                 self._cv.wait(remaining)
-            self._busy = bool(batch)
+            self._running += bool(batch)
             depth = self._pending_rows
         self._on_depth(depth)
         return batch
 
-    def _compute(self, batch: list[_Item]) -> tuple[list[dict[str, np.ndarray]], float]:
+    @staticmethod
+    def _compute(backend: Backend, batch: list[_Item]) -> tuple[list[dict[str, np.ndarray]], float]:
         t0 = time.perf_counter()
         x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
         outputs = sorted(set().union(*(it.outputs for it in batch)))
-        res = self.backend.run(x, outputs)
+        res = backend.run(x, outputs)
         parts, start = [], 0
         for it in batch:
             n = len(it.x)
@@ -153,7 +168,7 @@ class Batcher:
         except RuntimeError:  # the event loop is gone (process shutting down): nobody is waiting
             pass
 
-    def _run(self) -> None:
+    def _run(self, backend: Backend) -> None:
         while True:
             batch = self._take_batch()
             if batch is None:
@@ -162,7 +177,7 @@ class Batcher:
                 continue
             started = time.perf_counter()
             try:
-                parts, compute_s = self._compute(batch)
+                parts, compute_s = self._compute(backend, batch)
             except Exception as exc:  # a backend failure fails this batch, not the server
                 self._hand_back(batch, None, exc)
             else:
@@ -171,15 +186,15 @@ class Batcher:
                                           compute_s))
             finally:
                 with self._cv:
-                    self._busy = False
+                    self._running -= 1
 
     async def drain(self, timeout_s: float) -> None:
-        """Refuse new work, let queued items finish (up to timeout_s), then stop the compute thread."""
+        """Refuse new work, let queued items finish (up to timeout_s), then stop the compute threads."""
         with self._cv:
             self._closing = True
             self._cv.notify_all()
         end = time.perf_counter() + timeout_s
-        while (self._items or self._busy) and time.perf_counter() < end:
+        while (self._items or self._running) and time.perf_counter() < end:
             await asyncio.sleep(0.02)
         with self._cv:
             self._stopped = True
@@ -188,5 +203,8 @@ class Batcher:
             self._pending_rows = 0
             self._cv.notify_all()
         _resolve(left, None, Overloaded("the server shut down before this request ran", headers={"Retry-After": "1"}))
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, max(0.0, end - time.perf_counter()) + 1)
+        for t in self._threads:
+            await asyncio.to_thread(t.join, max(0.0, end - time.perf_counter()) + 1)
+        for h in self._handles:  # the extra handles are ours; the caller closes `backend`
+            if h is not self.backend:
+                h.close()

@@ -40,10 +40,13 @@ class Limits(_Strict):
 
 
 class Workers(_Strict):
-    """Threads: image decoding/JSON parsing off the event loop, and intra-op threads of each backend."""
+    """Threads: image decoding/JSON parsing off the event loop; per model, `compute_instances` batches run at
+    once, each on `compute_threads` intra-op threads. Default: one batch on all cores (lowest latency); for
+    throughput under HTTP load on a small CPU, `compute_instances: N, compute_threads: 1` (docs/serve.md)."""
 
     decode_threads: int = Field(2, ge=1, le=64)
     compute_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    compute_instances: int = Field(1, ge=1, le=64)
 
 
 class ModelConfig(_Strict):

@@ -37,6 +37,7 @@ class LoadedModel:
 
     def describe(self) -> dict:
         return {"name": self.name, **self.backend.describe(), "max_batch": self.batcher.max_batch,
+                "instances": self.batcher.instances,
                 "input": {"name": self.spec.name, "shape": [-1, *self.spec.chw], "datatypes": ["FP32", "FP16", "UINT8"]},
                 "outputs": {k: v for k, v in self.shapes.items() if k in self.backend.outputs},
                 "preprocess": repr(self.preprocess), "selection": self.report}
@@ -84,9 +85,10 @@ class Service:
                 t0 = time.perf_counter()
                 backend, report = await asyncio.to_thread(self._build, mc)
                 b = self.config.batching_of(mc)
-                batcher = Batcher(backend, max_batch=b.max_batch_size, max_delay_s=b.max_delay_ms / 1000,
-                                  max_queue=b.max_queue, on_batch=self.metrics.on_batch(mc.name),
-                                  on_depth=self.metrics.on_depth(mc.name))
+                batcher = await asyncio.to_thread(
+                    Batcher, backend, max_batch=b.max_batch_size, max_delay_s=b.max_delay_ms / 1000,
+                    max_queue=b.max_queue, instances=self.config.workers.compute_instances,
+                    on_batch=self.metrics.on_batch(mc.name), on_depth=self.metrics.on_depth(mc.name))
                 batcher.start()
                 entry = hub.info(mc.name)
                 pre = hub.transforms(mc.name)

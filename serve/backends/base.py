@@ -28,6 +28,11 @@ class Backend(ABC):
     def run(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """x: float32 (N, 3, H, W) -> {name: array} for each requested output name."""
 
+    def instance(self) -> "Backend":
+        """A handle for one more compute thread (serve's `workers.compute_instances`). The default shares this
+        one: ONNX Runtime sessions and torch modules in inference mode may run from several threads at once."""
+        return self
+
     def close(self) -> None:
         """Release sessions/modules (optional)."""
 

@@ -40,8 +40,13 @@ class TvmBackend(Backend):
         self.single = m["model"].get("output_kind") == "tensor"
         self.min_batch, self.max_batch = int(self.fn.min_batch), int(self.fn.max_batch)
         self.artifact = Path(artifact)
+        self.threads = threads
         t = m.get("target", {})
         self.target = f"{t.get('preset', '?')} ({t.get('tvm_target', {}).get('mcpu', t.get('device', ''))})"
+
+    def instance(self) -> "TvmBackend":
+        """A second VM over the same artifact: a Relax VM keeps per-call state and is not safe to share."""
+        return TvmBackend(self.model, self.artifact, self.stages, threads=self.threads)
 
     @property
     def outputs(self) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -70,3 +71,33 @@ def test_queue_bound_and_timeout(backend, reference):
     full, slow = asyncio.run(go())
     assert full.status == 503 and full.headers["Retry-After"] == "1" and "queue full" in full.message
     assert slow.status == 504 and "request_timeout_s" in slow.message
+
+
+def test_instances_run_whole_batches_side_by_side(backend, reference):
+    x = reference.inputs(photos(4))
+    want = backend.run(x, ["pooled"])["pooled"]
+    threads: list[str] = []
+    seen: list[BatchStats] = []
+
+    def record(stats: BatchStats) -> None:  # called on the compute thread that ran the batch
+        threads.append(threading.current_thread().name)
+        seen.append(stats)
+
+    async def go():
+        b = Batcher(backend, max_batch=2, max_delay_s=0.05, max_queue=64, instances=2, on_batch=record)
+        b.start()
+        # 8 requests of 2 rows: two compute threads, each taking whole batches from the one queue
+        res = await asyncio.gather(*(b.submit(x[i % 2 * 2:i % 2 * 2 + 2], ["pooled"], 60) for i in range(8)))
+        await b.drain(5)
+        return res
+
+    res = asyncio.run(go())
+    for i, r in enumerate(res):
+        np.testing.assert_allclose(r["pooled"], want[i % 2 * 2:i % 2 * 2 + 2], rtol=1e-4, atol=1e-5)
+    assert sorted(s.rows for s in seen) == [2] * 8  # never a split batch
+    assert len(set(threads)) == 2, threads
+
+
+def test_instances_must_be_positive(backend):
+    with pytest.raises(ValueError, match="instances must be >= 1"):
+        Batcher(backend, max_batch=2, max_delay_s=0, max_queue=4, instances=0)

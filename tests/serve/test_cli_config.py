@@ -32,6 +32,7 @@ def test_yaml_and_flags(tmp_path):
     ("backend: cuda\n", ["backend", "auto"]),
     ("- a\n- b\n", ["mapping"]),
     ("models: [\n", ["not valid YAML"]),
+    ("workers: {compute_instances: 0}\n", ["workers.compute_instances", "greater than or equal to 1"]),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, words):
     f = tmp_path / "c.yaml"

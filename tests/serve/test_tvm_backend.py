@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serve.backends import select
@@ -33,3 +34,9 @@ def test_tvm_artifact_is_verified_and_matches_torch(reference):
     want = reference.run(x)
     assert cosine_rows(got["pooled"], want["pooled"]).min() >= 0.9999
     assert cosine_rows(got["stage3"], want["stage3"]).min() >= 0.9999
+    other = backend.instance()  # serve's compute_instances: a VM of its own, same numbers
+    try:
+        assert other is not backend and other.fn is not backend.fn
+        np.testing.assert_allclose(other.run(x, ["pooled"])["pooled"], got["pooled"], rtol=1e-5, atol=1e-6)
+    finally:
+        other.close()

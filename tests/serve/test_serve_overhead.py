@@ -1,0 +1,27 @@
+"""benchmarks/serve_overhead.py (smoke): a real server and the in-process backend side by side, two compute
+instances, every input kind measured with no errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .helpers import ROOT
+
+
+def test_serve_overhead_smoke(tmp_path):
+    out = tmp_path / "overhead.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_overhead.py"), "--backend", "torch",
+                        "--clients", "2", "--batch", "2", "--instances", "2", "--seconds", "1.5", "--rounds", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert rep["instances"] == 2 and rep["threads"] >= 1
+    rows = {row["mode"]: row for row in rep["rows"]}
+    assert set(rows) == {"binary", "binary-u8", "jpeg"}
+    for row in rows.values():
+        assert row["errors"] == 0 and row["http_img_s"] > 0 and row["in_process_img_s"] > 0
+        assert row["ratio"] == row["http_img_s"] / row["in_process_img_s"]
+        assert row["server_cpu_ms_per_img"] > 0
+    assert rows["jpeg"]["in_process_with_decode_img_s"] > 0
+    assert "compute instance(s)" in r.stdout  # the printed table says how the server ran
