@@ -105,7 +105,8 @@ def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = 
 
     With a database: the static_shape_tuning pipeline with total_trials=0 and the database as work_dir (the only
     way a saved log re-applies, DESIGN.md), then the standard lowering. llvm targets with schedule="rules":
-    compile.cpu_pipeline (NHWC, weights packed at load time, our schedule rules on every kernel). Otherwise
+    compile.cpu_pipeline (NHWC, weights packed at load time, our schedule rules on every kernel), kernels
+    code-generated in parallel threads (compile.parallel_build). Otherwise
     get_default_pipeline(target) (the "default" string does not fuse on CPU, and a pipeline object without
     dlight silently drops the CUDA module).
     """
@@ -114,8 +115,9 @@ def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = 
         from .tuning import apply_database
         return tvm.compile(apply_database(mod, target, database, prepack=prepack), target=target)
     if schedule == "rules" and target.kind.name == "llvm":
+        from . import parallel_build
         from .cpu_pipeline import cpu_pipeline
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+        return parallel_build.build(mod, target, cpu_pipeline(target))
     return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 
 

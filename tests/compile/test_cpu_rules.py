@@ -140,3 +140,82 @@ def test_registry_backbones_build_with_rules_and_match(name):
     for got, want in zip(outs, ref):
         a, b = got.ravel(), want.numpy().ravel()
         assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.9999
+
+
+def test_batchnorm_constants_fold_in_numpy():
+    """BatchNorm statistics are constants in the exported graph (compile.export keeps buffers as constants):
+    their arithmetic is evaluated in numpy before legalization, so no kernel and no FoldConstant JIT build is
+    spent on them, and the folded graph computes what the original does."""
+    from compile._tvm import relax, tvm
+    from compile.cpu_pipeline import _fold_constants_numpy
+
+    rng = np.random.RandomState(0)
+    var = rng.rand(4).astype("float32") + 0.5
+    gamma = rng.rand(4).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            inv = bb.emit(relax.op.rsqrt(relax.op.add(relax.const(var), relax.const(1e-5, "float32"))))
+            scale = bb.emit(relax.op.reshape(relax.op.multiply(inv, relax.const(gamma)), (1, 4, 1, 1)))
+            shift = bb.emit(relax.op.permute_dims(relax.const(rng.rand(1, 1, 4, 1).astype("float32")), [0, 2, 1, 3]))
+            out = bb.emit_output(relax.op.add(relax.op.multiply(x, scale), shift))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    folded = _fold_constants_numpy()(mod)
+    text = folded["main"].script()
+    for op in ("R.rsqrt", "R.reshape", "R.permute_dims"):
+        assert op in mod["main"].script() and op not in text, op
+    assert text.count("R.multiply") == 1 and text.count("R.add") == 1  # only the ops that read x remain
+    xs = rng.randn(1, 4, 8, 8).astype("float32")
+    got = []
+    for m in (mod, folded):
+        ex = tvm.compile(m, target=tvm.target.Target({"kind": "llvm"}))
+        got.append(relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xs)).numpy())
+    np.testing.assert_allclose(got[1], got[0], rtol=1e-6, atol=1e-6)
+
+
+def test_parallel_codegen_splits_kernels_and_matches_one_module(tiny):
+    """compile.parallel_build: kernels code-generated as several LLVM modules (imported by the first) run
+    exactly as the single-module build does."""
+    from compile import parallel_build
+    from compile._tvm import relax, tvm
+    from compile.cpu_pipeline import cpu_pipeline
+    from compile.targets import get_preset
+
+    mod, params = _relax(tiny, 1)
+    target = get_preset("host").tvm_target()
+    x = np.random.RandomState(7).randn(1, 3, 56, 56).astype("float32")
+    outs = []
+    for jobs in (1, 3):
+        ex = parallel_build.build(mod, target, cpu_pipeline(target), jobs=jobs)
+        if jobs == 3:
+            lib = ex.mod.imports[0]
+            assert len(lib.imports) == 2, "the first kernel module imports the other two"
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        dev_params = [tvm.runtime.tensor(p.numpy() if hasattr(p, "numpy") else p) for p in params]
+        dev_params = list(vm["main_transform_params"](dev_params))
+        res = vm["main"](tvm.runtime.tensor(x), *dev_params)
+        outs.append([r.numpy() for r in res])
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_split_kernels_balances_and_keeps_every_kernel(tiny):
+    from compile.parallel_build import split_kernels
+    from compile._tvm import tvm
+
+    mod, _ = _relax(tiny, 1)
+    prims = {gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    if not prims:  # the imported module is high-level Relax: legalize to get kernels
+        from compile._tvm import relax
+        mod = relax.transform.LegalizeOps()(mod)
+        prims = {gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    tir = tvm.IRModule(prims)
+    parts = split_kernels(tir, 3)
+    assert len(parts) == 3
+    names = sorted(gv.name_hint for p in parts for gv in p.get_global_vars())
+    assert names == sorted(gv.name_hint for gv in prims)  # each kernel exactly once
+    sizes = [sum(len(f.script()) for f in p.functions.values()) for p in parts]
+    assert max(sizes) <= sum(sizes) / 3 + max(len(f.script()) for f in prims.values())
+    assert len(split_kernels(tir, 10 ** 6)) == len(prims)  # never an empty module
