@@ -10,6 +10,8 @@ setup: $(STAMP)
 
 $(STAMP):
 	bash scripts/setup_system.sh
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); [ "$$free" -ge 10 ] || \
+	  echo "convhub setup: WARNING only $${free} GB free here; .venv needs ~9 GB (torch 2.14.1 from the local store is the CUDA build, 5.5 GB with its nvidia-* wheels)" >&2
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel setuptools
 	$(BIN)/pip install -q -r requirements.txt -c requirements.lock
