@@ -14,8 +14,11 @@ They are the design space a search would start from; `tile_choices` is where a t
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
@@ -23,6 +26,7 @@ from tvm.target import Target
 CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 # weights up to this size are re-read from L1/L2 for every column tile (see the loop order in _schedule_conv)
 SMALL_WEIGHT_BYTES = 128 * 1024
+STREAMING_BYTES = 8 << 20  # a conv's input + output beyond this VM's effective cache (~5-8 MB measured)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,13 @@ def tile_choices(width: int, out_channels: int, isa: VectorISA, tk: int | None =
     return best
 
 
+def depthwise_tile(out_channels: int, isa: VectorISA) -> tuple[int, int]:
+    """Depthwise conv streaming from memory: (1 output column, tk channel vectors), tk the largest divisor of
+    the channel vectors up to acc_target."""
+    vecs = out_channels // isa.lanes
+    return 1, max(d for d in range(1, min(vecs, isa.acc_target) + 1) if vecs % d == 0)
+
+
 def static_extent(extent) -> int | None:
     """The int value of a loop extent or shape dimension, or None when it is symbolic."""
     return int(extent) if isinstance(extent, tirx.IntImm) else None
@@ -116,13 +127,61 @@ def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Sched
         return None
     for fuse_epilogue in ("inline", "tile", "separate"):
         try:
-            return _schedule_conv(func, target, fuse_epilogue)
+            return _schedule_by_batch(func, target, fuse_epilogue)
         except Exception:  # noqa: BLE001 - TVM raises ScheduleError or InternalError; try the plainer variant
             continue
     return None
 
 
-def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) -> s_tir.Schedule | None:
+def _schedule_by_batch(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) -> s_tir.Schedule | None:
+    """Depthwise convs whose input + output exceed STREAMING_BYTES stream from memory, where 1-column tiles
+    over more channels are ~2x faster (lite0's 56x56x144 depthwise at batch 8: 6.5 -> 3.3 ms) but ~25 %
+    slower on cached data. A static batch picks one; a dynamic batch gets both, chosen at run time by the
+    batch size (one `if` around two loop nests)."""
+    stream_from = _depthwise_streaming_batch(func)
+    if stream_from is None:
+        return _schedule_conv(func, target, fuse_epilogue)
+    batch, threshold = stream_from
+    if isinstance(batch, int) or threshold <= 1:
+        return _schedule_conv(func, target, fuse_epilogue, streaming=not isinstance(batch, int) or batch >= threshold)
+    cached = _schedule_conv(func, target, fuse_epilogue, streaming=False)
+    streaming = _schedule_conv(func, target, fuse_epilogue, streaming=True)
+    if cached is None or streaming is None:
+        return cached
+    return s_tir.Schedule(_branch_on(batch >= threshold, streaming.mod["main"], cached.mod["main"]))
+
+
+def _depthwise_streaming_batch(func: tirx.PrimFunc):
+    """(batch extent, the batch from which input + output exceed STREAMING_BYTES) for a depthwise conv with
+    static image sizes; None for anything else."""
+    sch = s_tir.Schedule(func)
+    convs = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == "group_conv2d_nhwc"]
+    if len(convs) != 1:
+        return None
+    block = sch.get(convs[0])
+    bufs = [r.source for r in block.reads if len(r.source.shape) == 4][:1] + [w.source for w in block.writes]
+    per_image = [math.prod(static_extent(d) or 0 for d in b.shape[1:]) * 4 for b in bufs]
+    if len(bufs) != 2 or not all(per_image):
+        return None
+    batch = static_extent(bufs[0].shape[0])
+    return (bufs[0].shape[0] if batch is None else batch), -(-STREAMING_BYTES // sum(per_image))
+
+
+def _branch_on(cond, then_func: tirx.PrimFunc, else_func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """One PrimFunc running `then_func`'s loop nest when `cond` holds, else `else_func`'s. Both are schedules of
+    the same function, so they share its parameters and buffers; only their root blocks' bodies differ."""
+    from tvm.s_tir import stmt as sstmt
+    a, b = else_func.body.block, then_func.body.block
+    root = sstmt.SBlock(a.iter_vars, a.reads, a.writes, a.name_hint, tirx.IfThenElse(cond, b.body, a.body), a.init,
+                        list(a.alloc_buffers) + list(b.alloc_buffers), a.match_buffers, a.annotations)
+    merged = else_func.with_body(sstmt.SBlockRealize(else_func.body.iter_values, else_func.body.predicate, root))
+    # both nests define the same loop and block variables, and TIR wants one definition each: printing and
+    # parsing the function back gives every definition a variable of its own
+    return tvm.script.from_source(merged.script())
+
+
+def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
+                   streaming: bool = False) -> s_tir.Schedule | None:
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
@@ -157,7 +216,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) -> s
             _schedule_plain_loops(sch, b, isa.lanes)
     packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]  # compile.conv_packing
     tk = static_extent(packed[0].shape[-1]) // isa.lanes if packed else None
-    tw, tk = tile_choices(width, out_ch, isa, tk)
+    tw, tk = depthwise_tile(out_ch, isa) if depthwise and streaming else tile_choices(width, out_ch, isa, tk)
     n, h, w, f, ry, rx, rc = loops
     f_o, f_k, f_l = sch.split(f, [None, tk, isa.lanes])
     w_o, w_i = sch.split(w, [None, tw])

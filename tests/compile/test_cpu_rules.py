@@ -61,6 +61,11 @@ def _relax(net, batch: int, size: int = 56):
     return export_relax(net, (batch, 3, size, size), "tiny")
 
 
+def _relax_sized(net, batch: int, size: int, channels: int = 64):
+    from compile.tuning import export_relax
+    return export_relax(net, (batch, channels, size, size), "dw")
+
+
 def test_tile_fits_registers_and_divides_the_loops():
     for isa in (VectorISA(8, 16), VectorISA(16, 32), VectorISA(4, 32)):
         for width in (7, 14, 28, 56, 112, 13):
@@ -219,3 +224,43 @@ def test_split_kernels_balances_and_keeps_every_kernel(tiny):
     sizes = [sum(len(f.script()) for f in p.functions.values()) for p in parts]
     assert max(sizes) <= sum(sizes) / 3 + max(len(f.script()) for f in prims.values())
     assert len(split_kernels(tir, 10 ** 6)) == len(prims)  # never an empty module
+
+
+class _Depthwise(nn.Module):
+    """A depthwise conv big enough to stream from memory from batch 2 on (112x112x64: 3.2 MB in, 3.2 MB out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dw = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1, groups=64, bias=False), nn.BatchNorm2d(64), nn.ReLU6())
+
+    def forward(self, x):
+        return {"s": self.dw(x)}
+
+
+def test_depthwise_picks_tiles_by_batch_at_run_time():
+    """A dynamic-batch depthwise kernel holds two loop nests (cache-sized tiles, 1-column streaming tiles) and
+    picks by the batch it is called with; both give PyTorch's numbers."""
+    from compile.cpu_pipeline import schedule_module
+    from compile.schedules.cpu_rules import STREAMING_BYTES
+    from compile.targets import get_preset
+    from compile.tuning import build
+
+    torch.manual_seed(0)
+    net = _Depthwise().eval()
+    net.dw[1].running_var.uniform_(0.5, 2.0)
+    mod, params = _relax_sized(net, 4, 112)
+    target = get_preset("host").tvm_target()
+    sched = schedule_module(mod, target)
+    dw = [sched[gv].script() for gv in sched.get_global_vars() if "conv2d" in gv.name_hint and "pack" not in gv.name_hint]
+    per_image = 2 * 112 * 112 * 64 * 4
+    threshold = -(-STREAMING_BYTES // (per_image + 4 * 114 * 114 * 64 - 4 * 112 * 112 * 64))
+    assert len(dw) == 1 and dw[0].count("T.parallel") == 2, "two loop nests, one per tile shape"
+    assert f">= {threshold}" in dw[0].replace("T.int64(", "").replace(")", ""), "chosen by the batch at run time"
+    compiled = build(mod, params, target, schedule="rules")
+    for batch in (1, 3):  # below and above the threshold
+        x = np.random.RandomState(batch).randn(batch, 64, 112, 112).astype("float32")
+        got = compiled.run_numpy(x)
+        got = got[0] if isinstance(got, list) else got
+        with torch.no_grad():
+            want = net(torch.from_numpy(x))["s"].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
