@@ -27,6 +27,7 @@ CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 # weights up to this size are re-read from L1/L2 for every column tile (see the loop order in _schedule_conv)
 SMALL_WEIGHT_BYTES = 128 * 1024
 STREAMING_BYTES = 8 << 20  # a conv's input + output beyond this VM's effective cache (~5-8 MB measured)
+DUAL_NEST_MAX_BATCH = 8  # dynamic batch: a streaming nest only for kernels that stream from this batch on
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ def _schedule_by_batch(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) 
     batch, threshold = stream_from
     if isinstance(batch, int) or threshold <= 1:
         return _schedule_conv(func, target, fuse_epilogue, streaming=not isinstance(batch, int) or batch >= threshold)
+    if threshold > DUAL_NEST_MAX_BATCH:  # a second nest costs LLVM time for batches few artifacts serve
+        return _schedule_conv(func, target, fuse_epilogue)
     cached = _schedule_conv(func, target, fuse_epilogue, streaming=False)
     streaming = _schedule_conv(func, target, fuse_epilogue, streaming=True)
     if cached is None or streaming is None:
