@@ -139,10 +139,11 @@ def make_target(target: Any):
 
 
 def export_relax(module, input_shape: Sequence[int], model_name: str = "model"):
-    """torch module -> (Relax IRModule with params as inputs, list of numpy params), static batch.
+    """torch module -> (Relax IRModule with params as inputs, list of numpy params); the batch is static for
+    input_shape[0] == 1, else dynamic in 1..input_shape[0] (as `convhub compile --max-batch N` builds).
 
     Goes through compile.export (the compile core's export/import) so tuned records hash the same as
-    the kernels `convhub compile --max-batch 1` builds; max_batch=1 makes the batch static.
+    the kernels `convhub compile --max-batch 1` builds.
     """
     from compile import export as export_mod
 
