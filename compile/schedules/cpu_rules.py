@@ -7,6 +7,8 @@ build runs scalar, single-threaded loops. These rules give each fused PrimFunc a
   epilogue (folded BatchNorm, ReLU/ReLU6/hardswish, residual add). Register tile of `tw` output columns x
   `tk` vectors of output channels held in registers while the whole reduction (kh, kw, cin) runs; the
   epilogue is applied when the tile is written back, so the conv output never goes to memory unfused.
+  Depthwise convs whose data streams from memory get 1-column tiles instead; with a dynamic batch the kernel
+  holds both tilings and picks by the batch at run time.
 - `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop.
 - dlight's own CPU `Reduction` handles pooling (means).
 
