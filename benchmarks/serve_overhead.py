@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         backend, report = select.build(a.model, a.backend, threads=threads, max_batch=a.batch,
                                        artifact=Path(a.artifact) if a.artifact else None)
         print(report, file=sys.stderr)
-        handles = [backend] + [backend.instance() for _ in range(a.instances - 1)]
+        handles = backend.handles(a.instances)
         photo = hub.samples.sample_photos()[0].open()
         pre = hub.transforms(a.model)
         x = np.repeat(pre(photo).numpy()[None], a.batch, axis=0)
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         srv.stop()
     when = datetime.date.today().isoformat()
     print(f"\nserving overhead, {a.model}, backend {backend.kind}, {os.cpu_count()} cores ({platform.machine()}), "
-          f"{when}; {a.instances} compute instance(s) x {threads} threads; {a.clients} clients x 1 image/request, server max batch {a.batch} (delay {a.delay_ms:g} ms), "
-          f"in-process batch {a.batch}, {a.seconds:g} s each in {a.rounds} interleaved rounds")
+          f"{when}; {a.instances} compute instance(s) x {threads} threads; {a.clients} clients x 1 image/request, "
+          f"server max batch {a.batch} (delay {a.delay_ms:g} ms), in-process batch {a.batch}, {a.seconds:g} s each in {a.rounds} interleaved rounds")
     print(f"{'input':8} {'HTTP img/s':>11} {'in-proc img/s':>14} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'errors':>7} {'in-proc + decode img/s':>23}   CPU ms/img: {'server':>7} {'client':>7} {'in-proc':>8}")
     for r in rows:

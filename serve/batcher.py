@@ -63,9 +63,8 @@ class Batcher:
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         self.backend = backend
-        self.instances = instances
         # made here, not in start(): a TVM handle loads a VM (~1 s), so callers build Batchers off the event loop
-        self._handles = [backend] + [backend.instance() for _ in range(instances - 1)]
+        self._handles = backend.handles(instances)
         self.max_batch = max(1, min(max_batch, backend.max_batch))  # never above what the backend supports
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
@@ -88,6 +87,10 @@ class Batcher:
                                           daemon=True) for i, h in enumerate(self._handles)]
         for t in self._threads:
             t.start()
+
+    @property
+    def instances(self) -> int:
+        return len(self._handles)
 
     @property
     def depth(self) -> int:

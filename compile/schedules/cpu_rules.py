@@ -17,7 +17,6 @@ They are the design space a search would start from; `tile_choices` is where a t
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import tvm
@@ -128,27 +127,32 @@ def conv_nhwc(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Sched
     """
     if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
         return None
+    try:
+        stream_from = _depthwise_streaming_batch(func)
+    except Exception:  # noqa: BLE001 - a function the schedule cannot parse is declined below as well
+        stream_from = None
     for fuse_epilogue in ("inline", "tile", "separate"):
         try:
-            return _schedule_by_batch(func, target, fuse_epilogue)
+            return _schedule_by_batch(func, target, fuse_epilogue, stream_from)
         except Exception:  # noqa: BLE001 - TVM raises ScheduleError or InternalError; try the plainer variant
             continue
     return None
 
 
-def _schedule_by_batch(func: tirx.PrimFunc, target: Target, fuse_epilogue: str) -> s_tir.Schedule | None:
+def _schedule_by_batch(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
+                       stream_from: tuple | None) -> s_tir.Schedule | None:
     """Depthwise convs whose input + output exceed STREAMING_BYTES stream from memory, where 1-column tiles
     over more channels are ~2x faster (lite0's 56x56x144 depthwise at batch 8: 6.5 -> 3.3 ms) but ~25 %
     slower on cached data. A static batch picks one; a dynamic batch gets both, chosen at run time by the
     batch size (one `if` around two loop nests)."""
-    stream_from = _depthwise_streaming_batch(func)
     if stream_from is None:
         return _schedule_conv(func, target, fuse_epilogue)
     batch, threshold = stream_from
-    if isinstance(batch, int) or threshold <= 1:
-        return _schedule_conv(func, target, fuse_epilogue, streaming=not isinstance(batch, int) or batch >= threshold)
-    if threshold > DUAL_NEST_MAX_BATCH:  # a second nest costs LLVM time for batches few artifacts serve
-        return _schedule_conv(func, target, fuse_epilogue)
+    if isinstance(batch, int):
+        return _schedule_conv(func, target, fuse_epilogue, streaming=batch >= threshold)
+    if threshold <= 1 or threshold > DUAL_NEST_MAX_BATCH:
+        # one nest: every batch streams, or (a second nest costs LLVM time) only batches few artifacts serve do
+        return _schedule_conv(func, target, fuse_epilogue, streaming=threshold <= 1)
     cached = _schedule_conv(func, target, fuse_epilogue, streaming=False)
     streaming = _schedule_conv(func, target, fuse_epilogue, streaming=True)
     if cached is None or streaming is None:

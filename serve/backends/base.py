@@ -36,6 +36,10 @@ class Backend(ABC):
     def close(self) -> None:
         """Release sessions/modules (optional)."""
 
+    def handles(self, instances: int) -> list["Backend"]:
+        """This backend plus `instances - 1` more handles, one per compute thread (each may close)."""
+        return [self] + [self.instance() for _ in range(instances - 1)]
+
     def describe(self) -> dict:
         return {"backend": self.kind, "target": self.target, "max_batch": self.max_batch}
 
