@@ -29,8 +29,10 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("binary", "binary-u8", "jpeg")  # FP32 tensors, UINT8 pixel tensors, JPEG uploads (load_test modes)
 sys.path.insert(0, str(ROOT))
+from serve.config import Batching  # noqa: E402  (after the path set-up)
+
+MODES = ("binary", "binary-u8", "jpeg")  # FP32 tensors, UINT8 pixel tensors, JPEG uploads (load_test modes)
 
 
 @functools.cache
@@ -90,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=1,
                    help="batches run at once (server workers.compute_instances; in-process: as many threads), "
                         "each on cores/instances intra-op threads")
-    p.add_argument("--delay-ms", type=float, default=5.0, help="server max queue delay")
+    p.add_argument("--delay-ms", type=float, default=Batching().max_delay_ms,
+                   help="server batching.max_delay_ms (default: the server's)")
     p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the time is split among them)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--json", default=None, help="also write the results to this file")
     a = p.parse_args(argv)
 
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     from tests.serve.helpers import Server  # the same real-server launcher the tests use
 
     lt = _load_test()
+    modes = [m for m in a.modes.split(",") if m]
+    if not modes or set(modes) - set(MODES):
+        p.error(f"--modes: choose from {', '.join(MODES)}; got {a.modes!r}")
     if a.instances < 1:
         p.error("--instances must be >= 1")
     threads = max(1, (os.cpu_count() or 1) // a.instances)
@@ -129,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         # interleave short rounds: other jobs on these cores then load both sides alike
         acc = {m: {"http": 0.0, "base": 0.0, "decode": 0.0, "lat": [], "errors": 0,
                    "server_cpu": 0.0, "client_cpu": 0.0, "base_cpu_ms": 0.0, "requests": 0}
-               for m in MODES}
+               for m in modes}
         per = a.seconds / a.rounds
         for _ in range(a.rounds):
-            for mode in MODES:
+            for mode in modes:
                 v = acc[mode]
                 speed, base_cpu = in_process(handles, lambda: x, per)
                 s0, c0 = server_cpu_s(srv.url), time.process_time()

@@ -177,10 +177,10 @@ def test_concurrent_requests_are_batched_and_correct(client, reference, torch_se
 
 
 def _batch_counts(client) -> tuple[float, float]:
+    """(batches, rows) run so far; (0, 0) before the first batch, when the labelled series does not exist yet."""
     text = client.get("/metrics").text
-    count = float(re.search(rf'convhub_batch_size_count{{model="{MODEL}"}} (\S+)', text).group(1))
-    total = float(re.search(rf'convhub_batch_size_sum{{model="{MODEL}"}} (\S+)', text).group(1))
-    return count, total
+    found = [re.search(rf'convhub_batch_size_{k}{{model="{MODEL}"}} (\S+)', text) for k in ("count", "sum")]
+    return tuple(float(m.group(1)) if m else 0.0 for m in found)
 
 
 def test_metrics_exposes_routes_latency_split_batches_and_queue(client):
