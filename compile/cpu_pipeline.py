@@ -21,6 +21,7 @@ import numpy as np
 from ._tvm import relax, tvm
 
 PARAMS_TRANSFORM = "main_transform_params"
+BLOCK_DEPTHWISE = True  # depthwise inputs stored in channel blocks (compile.schedules.blocked_depthwise)
 
 
 def _scalar(expr) -> float | None:
@@ -134,7 +135,10 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
     """Steps 1-4: from the imported Relax module to fused, scheduled PrimFuncs (before lowering)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.s_tir import dlight
+    from .schedules.blocked_depthwise import block_depthwise_inputs
     from .schedules.conv_packing import legalize_conv2d
+    from .schedules.cpu_rules import vector_isa
+    blocking = [block_depthwise_inputs(vector_isa(target).lanes)] if BLOCK_DEPTHWISE else []
     return [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
@@ -148,6 +152,7 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        *blocking,
         dlight.ApplyDefaultSchedule(*schedule_rules()),
     ]
 

@@ -28,7 +28,8 @@ CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 # weights up to this size are re-read from L1/L2 for every column tile (see the loop order in _schedule_conv)
 SMALL_WEIGHT_BYTES = 128 * 1024
 STREAMING_BYTES = 8 << 20  # a conv's input + output beyond this VM's effective cache (~5-8 MB measured)
-DUAL_NEST_MAX_BATCH = 8  # dynamic batch: a streaming nest only for kernels that stream from this batch on
+DUAL_NEST_MAX_BATCH = 8
+BLOCKED_ORDER = 1  # dynamic batch: a streaming nest only for kernels that stream from this batch on
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ def _depthwise_streaming_batch(func: tirx.PrimFunc):
     convs = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == "group_conv2d_nhwc"]
     if len(convs) != 1:
         return None
+    if any(len(p.shape) == 5 for p in func.params):  # input in channel blocks: contiguous planes, no streaming tiles
+        return None
     block = sch.get(convs[0])
     bufs = [r.source for r in block.reads if len(r.source.shape) == 4][:1] + [w.source for w in block.writes]
     per_image = [math.prod(static_extent(d) or 0 for d in b.shape[1:]) * 4 for b in bufs]
@@ -223,9 +226,15 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     else:
         for b in epilogue:
             _schedule_plain_loops(sch, b, isa.lanes)
-    packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]  # compile.conv_packing
+    # 5-D reads: a regular conv's packed weights (compile.conv_packing), or a depthwise conv's input stored in
+    # channel blocks of one vector (compile.schedules.blocked_depthwise); either way tk is the block's vectors
+    packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]
+    blocked_input = depthwise and bool(packed)
     tk = static_extent(packed[0].shape[-1]) // isa.lanes if packed else None
-    tw, tk = depthwise_tile(out_ch, isa) if depthwise and streaming else tile_choices(width, out_ch, isa, tk)
+    if depthwise and streaming and not blocked_input:
+        tw, tk = depthwise_tile(out_ch, isa)
+    else:
+        tw, tk = tile_choices(width, out_ch, isa, tk)
     n, h, w, f, ry, rx, rc = loops
     f_o, f_k, f_l = sch.split(f, [None, tk, isa.lanes])
     w_o, w_i = sch.split(w, [None, tw])
@@ -237,7 +246,11 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # outside rows: one block's weights then stay in L2 for every row (rows outside re-streamed all weights per
     # row: 7x7x512 3x3 went from 12 to 30 GFLOP/s that way).
     weight_bytes = 4 * out_ch * _extent(sch, ry) * _extent(sch, rx) * _extent(sch, rc)
-    if weight_bytes <= SMALL_WEIGHT_BYTES:
+    if blocked_input and BLOCKED_ORDER:
+        # one channel block's rows are contiguous planes: walk a row of one block, then the next block
+        sch.reorder(n, h, f_o, w_o, ry, rx, rc, w_i, f_k, f_l)
+        tile_loop = w_o
+    elif weight_bytes <= SMALL_WEIGHT_BYTES:
         sch.reorder(n, h, w_o, f_o, ry, rx, rc, w_i, f_k, f_l)
         tile_loop = f_o
     else:

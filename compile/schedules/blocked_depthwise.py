@@ -1,0 +1,135 @@
+"""Depthwise convs read their input in channel blocks of one vector (NCHW[x]c), written so by their producer.
+
+A depthwise conv that follows a 1x1 expansion reads a tensor the expansion has just written (4.8 MB at lite0's
+112x112x96). Inside the model run that data is no longer in cache, and NHWC tiles read 64 bytes out of every
+384-byte pixel, which the hardware prefetchers do not follow: the pair ran 2-4x slower than the same two kernels
+called alone. With the intermediate stored as (N, C/v, H, W, v), each channel block is a contiguous plane the
+depthwise conv walks row by row (a hand-written NCHWc8 pair: 1.35-1.8x faster than NHWC once caches are not
+hot; docs/performance.md).
+
+The layout changes only between the two kernels: the producer's PrimFunc writes its output buffer through the
+index map and the depthwise PrimFunc reads it through the same map (`transform_layout` on both), and the Relax
+call's output type changes to the blocked shape. Nothing else sees the tensor, so no layout-transform kernel
+is needed. The schedule rule (cpu_rules.conv_nhwc) recognises the blocked input and tiles it by block.
+"""
+from __future__ import annotations
+
+from .._tvm import relax, tvm
+from .cpu_rules import CONV_BLOCKS
+
+
+def _kind(func) -> str | None:
+    """'conv' for a fused regular NHWC conv kernel, 'depthwise' for a fused depthwise one, else None."""
+    from tvm import s_tir
+    if not isinstance(func, tvm.tirx.PrimFunc):
+        return None
+    try:
+        sch = s_tir.Schedule(func)
+        names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    except Exception:  # noqa: BLE001 - a function the schedule cannot parse is not ours to change
+        return None
+    convs = [n for n in names if n in CONV_BLOCKS]
+    if len(convs) != 1:
+        return None
+    return "depthwise" if convs[0] == "group_conv2d_nhwc" else "conv"
+
+
+def _blocked(func: "tvm.tirx.PrimFunc", param: int, lanes: int) -> "tvm.tirx.PrimFunc":
+    """`func` with NHWC parameter `param` (0: the activation input, -1: the output) stored as
+    (N, C/lanes, H, W, lanes); every access to it goes through the index map."""
+    from tvm import s_tir
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    name = func.params[param].name
+    # the pad (or the conv) reads the input first; the last epilogue block writes the output
+    block, kind = (blocks[0], "read") if param == 0 else (blocks[-1], "write")
+    bufs = sch.get(block).reads if kind == "read" else sch.get(block).writes
+    index = [r.source.name for r in bufs].index(name)
+    sch.transform_layout(block, (kind, index), lambda n, h, w, c: (n, c // lanes, h, w, c % lanes))
+    return sch.mod["main"]
+
+
+def _uses(func: "relax.Function") -> dict:
+    """How often each variable is read in `func`'s body."""
+    uses: dict = {}
+
+    def visit(e):
+        if isinstance(e, relax.Var):
+            uses[e] = uses.get(e, 0) + 1
+    relax.analysis.post_order_visit(func.body, visit)
+    return uses
+
+
+def block_depthwise_inputs(lanes: int) -> tvm.transform.Pass:
+    """Module pass (after FuseTIR): every depthwise conv whose input comes from a conv kernel and is read by
+    nothing else gets that input in channel blocks of `lanes` (the vector width of the target)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ConvhubBlockDepthwiseInputs")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                mod = _rewrite(mod, gv, func, lanes)
+        return mod
+
+    return _pass
+
+
+def _is_call_tir(v) -> bool:
+    return isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.call_tir"
+
+
+def _rewrite(mod, gv, func, lanes: int):
+    """Rewrite the conv -> depthwise call pairs of one Relax function."""
+    uses, calls, pairs = _uses(func), {}, []
+    for block in func.body.blocks:
+        for b in block.bindings:
+            if not _is_call_tir(b.value):
+                continue
+            calls[b.var] = b.value
+            if _kind(mod[b.value.args[0]]) != "depthwise":
+                continue
+            x = b.value.args[1].fields[0]
+            prod = calls.get(x)
+            if prod is None or uses.get(x, 0) != 1 or _kind(mod[prod.args[0]]) is None:
+                continue
+            c = x.ty.shape[3]
+            if isinstance(c, tvm.tirx.IntImm) and int(c) % lanes == 0:
+                pairs.append((x, b.var))
+    if not pairs:
+        return mod
+    new_funcs, replace = {}, {}
+    for i, (x, y) in enumerate(pairs):
+        pc, dc = calls[x], calls[y]
+        pname, dname = f"{pc.args[0].name_hint}_blk{i}", f"{dc.args[0].name_hint}_blk{i}"
+        new_funcs[pname] = _blocked(mod[pc.args[0]], -1, lanes)
+        new_funcs[dname] = _blocked(mod[dc.args[0]], 0, lanes)
+        n, h, w, c = x.ty.shape  # the caller's shape expressions (a dynamic batch is the caller's variable)
+        replace[pc] = (pname, relax.TensorType([n, int(c) // lanes, h, w, lanes], x.ty.dtype))
+        replace[dc] = (dname, y.ty)
+    return _apply(mod, gv, func, replace, new_funcs)
+
+
+def _apply(mod, gv, func, replace: dict, new_funcs: dict):
+    """`func` with the call_tir calls in `replace` (call -> (kernel name, output type)) swapped to the kernels
+    in `new_funcs` (name -> PrimFunc), which are added to the module."""
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Swap(PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            # added through the builder, so the GlobalVars carry the function types call_tir checks
+            self.gvs = {name: self.builder_.add_func(f, name) for name, f in new_funcs.items()}
+
+        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+            new = replace.get(call)
+            if new is None:
+                return super().visit_call_(call)
+            args = [self.visit_expr(a) for a in call.args[1].fields]
+            return relax.call_tir(self.gvs[new[0]], args, new[1])
+
+        def run(self):
+            self.builder_.update_func(gv, self.visit_expr(func))
+            return self.builder_.get()
+
+    return relax.transform.DeadCodeElimination()(_Swap(mod).run())
