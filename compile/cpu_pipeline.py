@@ -9,7 +9,8 @@ Steps, each for a measured reason (docs/performance.md):
    per channel block (compile.schedules.conv_packing).
 4. LiftTransformParams: weight transposes and packing (and folded BatchNorm constants) move to
    `main_transform_params`, run once when an artifact loads (compile.artifact), not on every call.
-5. The standard CPU fuse passes, then compile.schedules.cpu_rules on every fused kernel.
+5. The standard CPU fuse passes; depthwise convs fed by a conv kernel get that input in channel blocks of one
+   vector (compile.schedules.blocked_depthwise); then compile.schedules.cpu_rules on every fused kernel.
 compile.parallel_build then generates the kernels' code in parallel threads.
 """
 from __future__ import annotations
