@@ -8,7 +8,8 @@ build runs scalar, single-threaded loops. These rules give each fused PrimFunc a
   `tk` vectors of output channels held in registers while the whole reduction (kh, kw, cin) runs; the
   epilogue is applied when the tile is written back, so the conv output never goes to memory unfused.
   Depthwise convs whose data streams from memory get 1-column tiles instead; with a dynamic batch the kernel
-  holds both tilings and picks by the batch at run time.
+  holds both tilings and picks by the batch at run time. A depthwise conv whose input is stored in channel blocks
+  (compile.schedules.blocked_depthwise) walks it block by block, one vector per tile.
 - `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop.
 - dlight's own CPU `Reduction` handles pooling (means).
 
@@ -28,8 +29,7 @@ CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 # weights up to this size are re-read from L1/L2 for every column tile (see the loop order in _schedule_conv)
 SMALL_WEIGHT_BYTES = 128 * 1024
 STREAMING_BYTES = 8 << 20  # a conv's input + output beyond this VM's effective cache (~5-8 MB measured)
-DUAL_NEST_MAX_BATCH = 8
-BLOCKED_ORDER = 1  # dynamic batch: a streaming nest only for kernels that stream from this batch on
+DUAL_NEST_MAX_BATCH = 8  # dynamic batch: a streaming nest only for kernels that stream from this batch on
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # outside rows: one block's weights then stay in L2 for every row (rows outside re-streamed all weights per
     # row: 7x7x512 3x3 went from 12 to 30 GFLOP/s that way).
     weight_bytes = 4 * out_ch * _extent(sch, ry) * _extent(sch, rx) * _extent(sch, rc)
-    if blocked_input and BLOCKED_ORDER:
+    if blocked_input:
         # one channel block's rows are contiguous planes: walk a row of one block, then the next block
         sch.reorder(n, h, f_o, w_o, ry, rx, rc, w_i, f_k, f_l)
         tile_loop = w_o
