@@ -92,8 +92,9 @@ def _rewrite(mod, gv, func, lanes: int):
             prod = calls.get(x)
             if prod is None or uses.get(x, 0) != 1 or _kind(mod[prod.args[0]]) is None:
                 continue
-            c = x.ty.shape[3]
-            if isinstance(c, tvm.tirx.IntImm) and int(c) % lanes == 0:
+            shape = getattr(x.ty, "shape", None)  # None when only the rank is known
+            if shape is not None and len(shape) == 4 and isinstance(shape[3], tvm.tirx.IntImm) \
+                    and int(shape[3]) % lanes == 0:
                 pairs.append((x, b.var))
     if not pairs:
         return mod
