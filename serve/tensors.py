@@ -6,6 +6,7 @@ Supports JSON `data` and the binary tensor data extension (`Inference-Header-Con
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,7 +101,7 @@ def _parse_input(inp: object, binary: memoryview, spec: InputSpec, max_images: i
         raise InvalidTensor(f"shape {shape} does not match the model: expected {expected} (preprocessed NCHW; "
                             "use /v1/models/{name}/embed for raw images)", code="wrong_shape")
     check_count(shape[0], max_images, "batch rows")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # np.prod on a list costs ~8 us per request on the event loop
     dtype = DTYPES[dt_name]
     params = inp.get("parameters") or {}
     if "binary_data_size" in params:
