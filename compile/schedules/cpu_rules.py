@@ -87,6 +87,13 @@ def depthwise_tile(out_channels: int, isa: VectorISA) -> tuple[int, int]:
     return 1, max(d for d in range(1, min(vecs, isa.acc_target) + 1) if vecs % d == 0)
 
 
+def blocked_depthwise_tile(width: int, isa: VectorISA) -> tuple[int, int]:
+    """Depthwise conv on channel-blocked input: (tw columns, 1 vector), tw the largest divisor of the width up to
+    acc_target. Wider tiles (tile_choices allows 14 accumulators at 14- and 28-wide maps) spill once the unrolled
+    kernel columns keep their input vectors live: lite0 batch 1 0.973, mobilenet_v3_large 0.979 with this cap."""
+    return max(d for d in range(1, min(width, isa.acc_target) + 1) if width % d == 0), 1
+
+
 def static_extent(extent) -> int | None:
     """The int value of a loop extent or shape dimension, or None when it is symbolic."""
     return int(extent) if isinstance(extent, tirx.IntImm) else None
@@ -231,7 +238,9 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]
     blocked_input = depthwise and bool(packed)
     tk = static_extent(packed[0].shape[-1]) // isa.lanes if packed else None
-    if depthwise and streaming and not blocked_input:
+    if blocked_input:
+        tw, tk = blocked_depthwise_tile(width, isa)
+    elif depthwise and streaming:
         tw, tk = depthwise_tile(out_ch, isa)
     else:
         tw, tk = tile_choices(width, out_ch, isa, tk)

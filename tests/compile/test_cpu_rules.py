@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from compile.schedules.cpu_rules import VectorISA, tile_choices
+from compile.schedules.cpu_rules import VectorISA, blocked_depthwise_tile, tile_choices
 
 
 class _Block(nn.Module):
@@ -79,6 +79,9 @@ def test_tile_fits_registers_and_divides_the_loops():
                 assert tw * tk + tk + 1 <= isa.registers  # accumulators + weights + broadcast: no spill
                 if width % 2 == 0 and ch // isa.lanes % 2 == 0:
                     assert tw * tk >= isa.acc_target  # enough independent FMA chains when the shape allows
+    # depthwise on channel-blocked input: one vector, at most acc_target columns, dividing the width
+    for width, want in ((112, 8), (56, 8), (28, 7), (14, 7), (7, 7)):
+        assert blocked_depthwise_tile(width, VectorISA(8, 16)) == (want, 1)
     # the measured best AVX2 tiles: 4 columns x 2 vectors on wide maps, 2 x 4 on 14-wide, 7 x 1 on 7-wide
     assert tile_choices(56, 144, VectorISA(8, 16)) == (4, 2)
     assert tile_choices(14, 672, VectorISA(8, 16)) == (2, 4)
