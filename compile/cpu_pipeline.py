@@ -22,7 +22,6 @@ import numpy as np
 from ._tvm import relax, tvm
 
 PARAMS_TRANSFORM = "main_transform_params"
-BLOCK_DEPTHWISE = True  # depthwise inputs stored in channel blocks (compile.schedules.blocked_depthwise)
 
 
 def _scalar(expr) -> float | None:
@@ -139,7 +138,6 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
     from .schedules.blocked_depthwise import block_depthwise_inputs
     from .schedules.conv_packing import legalize_conv2d
     from .schedules.cpu_rules import vector_isa
-    blocking = [block_depthwise_inputs(vector_isa(target).lanes)] if BLOCK_DEPTHWISE else []
     return [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
@@ -153,7 +151,7 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        *blocking,
+        block_depthwise_inputs(vector_isa(target).lanes),
         dlight.ApplyDefaultSchedule(*schedule_rules()),
     ]
 

@@ -15,23 +15,18 @@ is needed. The schedule rule (cpu_rules.conv_nhwc) recognises the blocked input 
 from __future__ import annotations
 
 from .._tvm import relax, tvm
-from .cpu_rules import CONV_BLOCKS
+from .cpu_rules import conv_block_name
 
 
 def _kind(func) -> str | None:
     """'conv' for a fused regular NHWC conv kernel, 'depthwise' for a fused depthwise one, else None."""
-    from tvm import s_tir
     if not isinstance(func, tvm.tirx.PrimFunc):
         return None
     try:
-        sch = s_tir.Schedule(func)
-        names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+        name = conv_block_name(func)
     except Exception:  # noqa: BLE001 - a function the schedule cannot parse is not ours to change
         return None
-    convs = [n for n in names if n in CONV_BLOCKS]
-    if len(convs) != 1:
-        return None
-    return "depthwise" if convs[0] == "group_conv2d_nhwc" else "conv"
+    return None if name is None else "depthwise" if name == "group_conv2d_nhwc" else "conv"
 
 
 def _blocked(func: "tvm.tirx.PrimFunc", param: int, lanes: int) -> "tvm.tirx.PrimFunc":
@@ -80,17 +75,24 @@ def _is_call_tir(v) -> bool:
 
 def _rewrite(mod, gv, func, lanes: int):
     """Rewrite the conv -> depthwise call pairs of one Relax function."""
-    uses, calls, pairs = _uses(func), {}, []
+    uses, calls, kinds, pairs = _uses(func), {}, {}, []
+
+    def kind(call) -> str | None:  # once per kernel, however many calls share it
+        gv = call.args[0]
+        if gv not in kinds:
+            kinds[gv] = _kind(mod[gv])
+        return kinds[gv]
+
     for block in func.body.blocks:
         for b in block.bindings:
             if not _is_call_tir(b.value):
                 continue
             calls[b.var] = b.value
-            if _kind(mod[b.value.args[0]]) != "depthwise":
+            if kind(b.value) != "depthwise":
                 continue
             x = b.value.args[1].fields[0]
             prod = calls.get(x)
-            if prod is None or uses.get(x, 0) != 1 or _kind(mod[prod.args[0]]) is None:
+            if prod is None or uses.get(x, 0) != 1 or kind(prod) is None:
                 continue
             shape = getattr(x.ty, "shape", None)  # None when only the rank is known
             if shape is not None and len(shape) == 4 and isinstance(shape[3], tvm.tirx.IntImm) \

@@ -94,6 +94,14 @@ def blocked_depthwise_tile(width: int, isa: VectorISA) -> tuple[int, int]:
     return max(d for d in range(1, min(width, isa.acc_target) + 1) if width % d == 0), 1
 
 
+def conv_block_name(func: tirx.PrimFunc) -> str | None:
+    """The name of the one conv block (CONV_BLOCKS) in a fused kernel; None when it has none or several."""
+    sch = s_tir.Schedule(func)
+    convs = [n for n in (sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root")))
+             if n in CONV_BLOCKS]
+    return convs[0] if len(convs) == 1 else None
+
+
 def static_extent(extent) -> int | None:
     """The int value of a loop extent or shape dimension, or None when it is symbolic."""
     return int(extent) if isinstance(extent, tirx.IntImm) else None
@@ -233,16 +241,17 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     else:
         for b in epilogue:
             _schedule_plain_loops(sch, b, isa.lanes)
-    # 5-D reads: a regular conv's packed weights (compile.conv_packing), or a depthwise conv's input stored in
-    # channel blocks of one vector (compile.schedules.blocked_depthwise); either way tk is the block's vectors
+    # 5-D reads: a depthwise conv's input stored in channel blocks of one vector
+    # (compile.schedules.blocked_depthwise), or a regular conv's packed weights (compile.conv_packing), whose
+    # block fixes tk
     packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]
     blocked_input = depthwise and bool(packed)
-    tk = static_extent(packed[0].shape[-1]) // isa.lanes if packed else None
     if blocked_input:
         tw, tk = blocked_depthwise_tile(width, isa)
     elif depthwise and streaming:
         tw, tk = depthwise_tile(out_ch, isa)
     else:
+        tk = static_extent(packed[0].shape[-1]) // isa.lanes if packed else None
         tw, tk = tile_choices(width, out_ch, isa, tk)
     n, h, w, f, ry, rx, rc = loops
     f_o, f_k, f_l = sch.split(f, [None, tk, isa.lanes])
