@@ -10,7 +10,7 @@ from __future__ import annotations
 from tvm import te, topi
 from tvm.target import Target
 
-from .cpu_rules import static_extent, tile_choices, vector_isa
+from .cpu_rules import pixel_tiles, static_extent, tile_choices, vector_isa
 
 
 def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
@@ -41,6 +41,15 @@ def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilatio
         name="conv2d_nhwc")
 
 
+def conv2d_pixels_packed(data: te.Tensor, wp: te.Tensor) -> te.Tensor:
+    """A 1x1 stride-1 conv as one row of H*W pixels per image: the same NHWC memory viewed as (N, 1, H*W, C), so
+    the schedule's register tiles run over pixels regardless of the row width (cpu_rules.pixel_tiles)."""
+    n, h, w, c = data.shape
+    row = te.compute((n, 1, h * w, c), lambda b, _, p, ch: data[b, p // w, p % w, ch], name="pixel_row")
+    out = conv2d_nhwc_packed(row, wp, (1, 1), (0, 0, 0, 0), (1, 1))
+    return te.compute((n, h, w, out.shape[3]), lambda b, y, x, k: out[b, 0, y * w + x, k], name="pixel_rows")
+
+
 def _static_ints(shape) -> list[int] | None:
     dims = [static_extent(d) for d in shape]
     return None if None in dims else dims
@@ -61,7 +70,13 @@ def legalize_conv2d(bb, call):
     k = wshape[3]
     if k % isa.lanes:
         return default(bb, call)
-    _, tk = tile_choices(int(o_info.shape[2]), k, isa)
+    height, width = static_extent(o_info.shape[1]), int(o_info.shape[2])
+    pointwise = (wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides) and not any(int(v) for v in a.padding)
+                 and height is not None and pixel_tiles(height, width, k, isa))
+    width *= height if pointwise else 1
+    _, tk = tile_choices(width, k, isa)
     block = tk * isa.lanes
     wp = bb.emit_te(pack_weight, weight, block, primfunc_name_hint="conv_weight_pack")
+    if pointwise:
+        return bb.call_te(conv2d_pixels_packed, data, wp, primfunc_name_hint="conv2d")
     return bb.call_te(conv2d_nhwc_packed, data, wp, a.strides, a.padding, a.dilation, primfunc_name_hint="conv2d")

@@ -94,6 +94,27 @@ def blocked_depthwise_tile(width: int, isa: VectorISA) -> tuple[int, int]:
     return max(d for d in range(1, min(width, isa.acc_target) + 1) if width % d == 0), 1
 
 
+FUSE_PIXELS = True
+INIT_OWN_LOOPS = True
+
+
+def pixel_tiles(height: int, width: int, out_channels: int, isa: VectorISA) -> bool:
+    """Whether a 1x1 stride-1 conv should tile all pixels of an image as one row rather than within rows.
+
+    Such a conv is a matrix product over pixels. Tiles within a row must divide the width: at 14-wide maps
+    with 80-112 output channels that left 14 columns x 1 vector (16 live registers) where the pixels allow
+    4 x 2 (lite0's 14x14 projections 1.8-1.9x ORT -> ~1.1x). Only then: where both give as good a tile,
+    rows stay (pixel rows cost index arithmetic; 56x56 layers were slower with them)."""
+    if not FUSE_PIXELS or height <= 1:
+        return False
+
+    def quality(w: int) -> tuple[int, int]:
+        tw, tk = tile_choices(w, out_channels, isa)
+        return min(tw * tk, isa.acc_target), -tw * tk
+
+    return quality(height * width) > quality(width)
+
+
 def conv_block_name(func: tirx.PrimFunc) -> str | None:
     """The name of the one conv block (CONV_BLOCKS) in a fused kernel; None when it has none or several."""
     sch = s_tir.Schedule(func)
@@ -117,11 +138,39 @@ def _is_copy(sch: s_tir.Schedule, block) -> bool:
     return isinstance(body, tirx.BufferStore) and type(body.value).__name__ in ("BufferLoad", "TensorLoad")
 
 
+TRANSPOSE_ORDER = True
+
+
+def _read_order(sch: s_tir.Schedule, block) -> list[int] | None:
+    """For a block that only copies one buffer with its axes permuted (a transpose): the input axis each of its
+    loops walks; None for anything else."""
+    blk = sch.get(block)
+    if not _is_copy(sch, block) or len(sch.get_loops(block)) != len(blk.iter_vars):
+        return None
+    index = list(blk.body.value.indices)
+    pos = []
+    for iv in blk.iter_vars:
+        hits = [i for i, e in enumerate(index) if e.same_as(iv.var)]
+        if len(hits) != 1:
+            return None
+        pos.append(hits[0])
+    return pos
+
+
 def _schedule_plain_loops(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Parallel over everything but the innermost loop, which is vectorized when it divides evenly."""
+    """Parallel over everything but the innermost loop, which is vectorized when it divides evenly.
+
+    A transpose keeps its output's innermost loop (contiguous writes) and walks the other loops in the input's
+    axis order, so each stretch of work reads one small contiguous piece of the input: NHWC -> NCHW of a
+    112x112x16 map in the output's order read the whole input once per channel (0.29 ms at batch 1)."""
     loops = sch.get_loops(block)
     if not loops:
         return
+    order = _read_order(sch, block) if TRANSPOSE_ORDER else None
+    if order is not None and len(loops) > 2:
+        outer = sorted(range(len(loops) - 1), key=lambda i: order[i])
+        sch.reorder(*[loops[i] for i in outer], loops[-1])
+        loops = [loops[i] for i in outer] + [loops[-1]]
     inner = loops[-1]
     ext = _extent(sch, inner)
     if ext is not None and ext % lanes == 0 and ext >= lanes:
@@ -228,6 +277,8 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # Depthwise: the zero padding is inlined (a separate pad pass doubled its memory traffic: 2-4x slower,
     # measured); regular convs keep the pass (inlined, the broadcast loads get a branch each: 1.4x slower).
     depthwise = names[ci] == "group_conv2d_nhwc"
+    # a 1x1 conv legalized over the pixels of an image as one row (compile.schedules.conv_packing)
+    pixel_row = not depthwise and _extent(sch, loops[1]) == 1
     for b in blocks[:ci]:
         if _is_copy(sch, b) or depthwise:
             sch.compute_inline(b)
@@ -283,7 +334,8 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         sch.reverse_compute_at(epilogue[-1], tile_loop, preserve_unit_loops=True)
         _, e_v = sch.split(sch.get_loops(epilogue[-1])[-1], [None, isa.lanes])
         sch.vectorize(e_v)
-    sch.parallel(sch.fuse(*sch.get_loops(conv)[:3]))
+    # one row of pixels: too few parallel chunks unless the tile loop joins them
+    sch.parallel(sch.fuse(*sch.get_loops(conv)[:4 if pixel_row and tile_loop == w_o else 3]))
     sch.vectorize(f_l)
     # Only the register tile is unrolled: unrolling the reduction too lets LLVM hoist broadcasts across it,
     # and the extra live values spill the accumulators (measured 3-6x slower in the NCHWc experiment).
@@ -296,12 +348,11 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         # rows as well made LLVM take over 15 minutes on lite0 and was abandoned.
         sch.unroll(rx)
     init = sch.decompose_reduction(conv, ry)
-    for blk in (init, acc):
-        tile = sch.get_loops(blk)[-4:]  # n, h, w, f of the tile (unit n, h)
-        f_all = tile[-1]
-        _, f_v = sch.split(f_all, [None, isa.lanes])
+    # the tile's own loops: the init's w, f_k, f_l; the write-back's n, h, w, f (unit n, h)
+    for blk, own in ((init, 3 if INIT_OWN_LOOPS else 4), (acc, 4)):
+        _, f_v = sch.split(sch.get_loops(blk)[-1], [None, isa.lanes])
         sch.vectorize(f_v)
-        for lp in sch.get_loops(blk)[-5:-1]:
+        for lp in sch.get_loops(blk)[-own - 1:-1]:
             sch.unroll(lp)
     return sch
 

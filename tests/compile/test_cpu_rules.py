@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from compile.schedules.cpu_rules import VectorISA, blocked_depthwise_tile, tile_choices
+from compile.schedules.cpu_rules import VectorISA, blocked_depthwise_tile, pixel_tiles, tile_choices
 
 
 class _Block(nn.Module):
@@ -141,6 +141,46 @@ def test_depthwise_inputs_are_stored_in_channel_blocks(tiny):
     blocked_calls = re.findall(rf"out_ty=R\.Tensor\(\((?:\d+, ){{4}}{lanes}\)", main)
     assert len(blocked_calls) == 2, "blocked tensors pass between the two kernel pairs, nowhere else"
     assert "def main(x: R.Tensor((1, 3, 56, 56)" in main  # the model's input is untouched
+
+
+def _scheduled_prims(net) -> dict:
+    from compile.cpu_pipeline import schedule_module
+    from compile.targets import get_preset
+    from tvm import tirx
+
+    mod, _ = _relax(net, 1)
+    sched = schedule_module(mod, get_preset("host").tvm_target())
+    return {gv.name_hint: f for gv, f in sched.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def test_pointwise_convs_tile_pixels_where_rows_are_too_narrow(tiny):
+    """A 1x1 stride-1 conv whose row width allows only a poor register tile runs over all pixels of an image as one
+    row (a matrix product); the others keep tiles within rows. (Numbers: test_rules_build_matches_pytorch.)"""
+    avx2 = VectorISA(8, 16)
+    assert pixel_tiles(14, 14, 112, avx2)  # within a row: 14 columns x 1 vector, all 16 registers live
+    assert pixel_tiles(14, 14, 24, avx2)
+    assert not pixel_tiles(14, 14, 672, avx2)  # 2 x 4 within a row is as good as any pixel tile
+    assert not pixel_tiles(56, 56, 24, avx2) and not pixel_tiles(7, 7, 192, avx2)  # 49 pixels: no better divisor
+    assert not pixel_tiles(1, 14, 112, avx2)
+    prims = _scheduled_prims(tiny)
+    # the conv's accumulators in a kernel that tiles pixels live in a (1, 1, H*W, C) buffer
+    row_kernels = sorted(n for n, f in prims.items() if "conv2d" in n and re.search(
+        r"conv2d_nhwc_local = T\.sblock_alloc_buffer\(\(T\.int64\(1\), T\.int64\(1\),", f.script()))
+    # of the tiny net's 1x1 convs only the 96 -> 24 projection at 14x14 has too narrow rows
+    assert len(row_kernels) == 1, row_kernels
+    f = prims[row_kernels[0]]
+    assert [int(d) for d in f.params[0].shape] == [1, 14, 14, 96] and int(f.params[-1].shape[-1]) == 24
+    assert "T.parallel" in f.script() and "T.vectorized" in f.script()
+
+
+def test_transposes_walk_the_input_in_its_own_order(tiny):
+    """NHWC -> NCHW of a stage output: rows outside channels, so each parallel chunk reads one contiguous input row
+    (in the output's order every channel re-read the whole input)."""
+    prims = _scheduled_prims(tiny)
+    to_nchw = [f for f in prims.values() if [int(d) for d in f.params[-1].shape] == [1, 16, 28, 28]
+               and [int(d) for d in f.params[0].shape] == [1, 28, 28, 16]]
+    assert len(to_nchw) == 1
+    assert "for ax0_ax2_ax1_fused in T.parallel" in to_nchw[0].script()
 
 
 @pytest.mark.parametrize("batch", [1, 3])
