@@ -10,7 +10,7 @@ from __future__ import annotations
 from tvm import te, topi
 from tvm.target import Target
 
-from .cpu_rules import pixel_tiles, static_extent, tile_choices, vector_isa
+from .cpu_rules import pixel_row, static_extent, tile_choices, vector_isa
 
 
 def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
@@ -41,12 +41,15 @@ def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilatio
         name="conv2d_nhwc")
 
 
-def conv2d_pixels_packed(data: te.Tensor, wp: te.Tensor) -> te.Tensor:
-    """A 1x1 stride-1 conv as one row of H*W pixels per image: the same NHWC memory viewed as (N, 1, H*W, C), so
-    the schedule's register tiles run over pixels regardless of the row width (cpu_rules.pixel_tiles)."""
+def conv2d_pixels_packed(data: te.Tensor, wp: te.Tensor, row: int) -> te.Tensor:
+    """A 1x1 stride-1 conv over one row of `row` >= H*W pixels per image: the NHWC memory viewed as (N, 1, H*W, C),
+    so the schedule's register tiles run over pixels whatever the row width (cpu_rules.pixel_row). Pixels past
+    H*W read the last pixel again; their results are computed and never stored."""
     n, h, w, c = data.shape
-    row = te.compute((n, 1, h * w, c), lambda b, _, p, ch: data[b, p // w, p % w, ch], name="pixel_row")
-    out = conv2d_nhwc_packed(row, wp, (1, 1), (0, 0, 0, 0), (1, 1))
+    last = h * w - 1
+    pixels = te.compute((n, 1, row, c), lambda b, _, p, ch: data[b, te.min(p, last) // w, te.min(p, last) % w, ch],
+                        name="pixel_row")
+    out = conv2d_nhwc_packed(pixels, wp, (1, 1), (0, 0, 0, 0), (1, 1))
     return te.compute((n, h, w, out.shape[3]), lambda b, y, x, k: out[b, 0, y * w + x, k], name="pixel_rows")
 
 
@@ -71,12 +74,11 @@ def legalize_conv2d(bb, call):
     if k % isa.lanes:
         return default(bb, call)
     height, width = static_extent(o_info.shape[1]), int(o_info.shape[2])
-    pointwise = (wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides) and not any(int(v) for v in a.padding)
-                 and height is not None and pixel_tiles(height, width, k, isa))
-    width *= height if pointwise else 1
-    _, tk = tile_choices(width, k, isa)
+    pointwise = wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides) and not any(int(v) for v in a.padding)
+    row = pixel_row(height, width, k, isa) if pointwise and height is not None else None
+    _, tk = tile_choices(row or width, k, isa)
     block = tk * isa.lanes
     wp = bb.emit_te(pack_weight, weight, block, primfunc_name_hint="conv_weight_pack")
-    if pointwise:
-        return bb.call_te(conv2d_pixels_packed, data, wp, primfunc_name_hint="conv2d")
+    if row:
+        return bb.call_te(conv2d_pixels_packed, data, wp, row, primfunc_name_hint="conv2d")
     return bb.call_te(conv2d_nhwc_packed, data, wp, a.strides, a.padding, a.dilation, primfunc_name_hint="conv2d")

@@ -28,6 +28,9 @@ from tvm.target import Target
 CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 # weights up to this size are re-read from L1/L2 for every column tile (see the loop order in _schedule_conv)
 SMALL_WEIGHT_BYTES = 128 * 1024
+L2_BYTES = 512 * 1024  # per core on Zen 3 and most current x86/Arm cores
+BATCH_FOR_ORDER = 8  # the batch the loop order of large-weight convs is chosen for (artifacts take 1..16)
+IMAGES_OUTSIDE_BLOCKS = True
 STREAMING_BYTES = 8 << 20  # a conv's input + output beyond this VM's effective cache (~5-8 MB measured)
 DUAL_NEST_MAX_BATCH = 8  # dynamic batch: a streaming nest only for kernels that stream from this batch on
 
@@ -98,21 +101,32 @@ FUSE_PIXELS = True
 INIT_OWN_LOOPS = True
 
 
-def pixel_tiles(height: int, width: int, out_channels: int, isa: VectorISA) -> bool:
-    """Whether a 1x1 stride-1 conv should tile all pixels of an image as one row rather than within rows.
+PAD_PIXELS = True
 
-    Such a conv is a matrix product over pixels. Tiles within a row must divide the width: at 14-wide maps
-    with 80-112 output channels that left 14 columns x 1 vector (16 live registers) where the pixels allow
-    4 x 2 (lite0's 14x14 projections 1.8-1.9x ORT -> ~1.1x). Only then: where both give as good a tile,
-    rows stay (pixel rows cost index arithmetic; 56x56 layers were slower with them)."""
+
+def pixel_row(height: int, width: int, out_channels: int, isa: VectorISA) -> int | None:
+    """How many pixels a 1x1 stride-1 conv should tile as one row per image, or None to tile within rows.
+
+    Such a conv is a matrix product over pixels. Tiles within a row must divide the width: at 14-wide maps with
+    80-112 output channels that left 14 columns x 1 vector (16 live registers) where all 196 pixels allow 4 x 2
+    (lite0's 14x14 projections went from 1.8-1.9x ORT's time to ~1.1x). A 7x7 map has no good divisor at all
+    (7 x 1: 7 accumulators, 8 loads per 7 FMAs): its 49 pixels are padded to 52, the 3 extra ones reading the
+    last pixel again and never written (4 x 2 tiles: 1.2-1.3x faster kernels, 6 % more work). Where rows give a
+    tile as good, rows stay (pixel rows cost index arithmetic; 56x56 layers were slower with them)."""
     if not FUSE_PIXELS or height <= 1:
-        return False
+        return None
 
     def quality(w: int) -> tuple[int, int]:
         tw, tk = tile_choices(w, out_channels, isa)
         return min(tw * tk, isa.acc_target), -tw * tk
 
-    return quality(height * width) > quality(width)
+    pixels, rows = height * width, quality(width)
+    if quality(pixels) > rows:
+        return pixels
+    padded = -(-pixels // 4) * 4
+    if PAD_PIXELS and rows[0] < isa.acc_target and quality(padded) > rows:
+        return padded
+    return None
 
 
 def conv_block_name(func: tirx.PrimFunc) -> str | None:
@@ -256,6 +270,12 @@ def _branch_on(cond, then_func: tirx.PrimFunc, else_func: tirx.PrimFunc) -> tirx
     return tvm.script.from_source(merged.script())
 
 
+def _image_bytes(sch: s_tir.Schedule, conv) -> int:
+    """Bytes of one image of a conv's (4-D) input."""
+    data = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 4]
+    return 4 * math.prod(static_extent(d) or 1 for d in data[0].shape[1:]) if data else 0
+
+
 def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
                    streaming: bool = False) -> s_tir.Schedule | None:
     sch = s_tir.Schedule(func)
@@ -322,8 +342,15 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     elif weight_bytes <= SMALL_WEIGHT_BYTES:
         sch.reorder(n, h, w_o, f_o, ry, rx, rc, w_i, f_k, f_l)
         tile_loop = f_o
+    elif IMAGES_OUTSIDE_BLOCKS and _image_bytes(sch, conv) * BATCH_FOR_ORDER > L2_BYTES:
+        # images outside the channel blocks: each image's input is read once per block from L2 and the weights
+        # once per image. (Blocks outside the batch re-read a batch's input from L3 for every block: lite0's
+        # 7x7 and 14x14 1x1 convs at batch 8 took 1.4-1.7x ORT's time. Splitting the batch into chunks that fit
+        # L2 needs a tail at a dynamic batch, and the tail's predicate blew the register tile up to the batch.)
+        sch.reorder(n, f_o, h, w_o, ry, rx, rc, w_i, f_k, f_l)
+        tile_loop = w_o
     else:
-        # batch inside the channel blocks too: a block's weights are read once for all images of a batch
+        # batch inside the channel blocks: a block's weights are read once for all images of a batch
         sch.reorder(f_o, n, h, w_o, ry, rx, rc, w_i, f_k, f_l)
         tile_loop = w_o
     acc = sch.cache_write(conv, 0, "local")
@@ -335,7 +362,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         _, e_v = sch.split(sch.get_loops(epilogue[-1])[-1], [None, isa.lanes])
         sch.vectorize(e_v)
     # one row of pixels: too few parallel chunks unless the tile loop joins them
-    sch.parallel(sch.fuse(*sch.get_loops(conv)[:4 if pixel_row and tile_loop == w_o else 3]))
+    sch.parallel(sch.fuse(*sch.get_loops(conv)[:3 + (pixel_row and tile_loop == w_o)]))
     sch.vectorize(f_l)
     # Only the register tile is unrolled: unrolling the reduction too lets LLVM hoist broadcasts across it,
     # and the extra live values spill the accumulators (measured 3-6x slower in the NCHWc experiment).

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from compile.schedules.cpu_rules import VectorISA, blocked_depthwise_tile, pixel_tiles, tile_choices
+from compile.schedules.cpu_rules import VectorISA, blocked_depthwise_tile, pixel_row, tile_choices
 
 
 class _Block(nn.Module):
@@ -157,11 +157,15 @@ def test_pointwise_convs_tile_pixels_where_rows_are_too_narrow(tiny):
     """A 1x1 stride-1 conv whose row width allows only a poor register tile runs over all pixels of an image as one
     row (a matrix product); the others keep tiles within rows. (Numbers: test_rules_build_matches_pytorch.)"""
     avx2 = VectorISA(8, 16)
-    assert pixel_tiles(14, 14, 112, avx2)  # within a row: 14 columns x 1 vector, all 16 registers live
-    assert pixel_tiles(14, 14, 24, avx2)
-    assert not pixel_tiles(14, 14, 672, avx2)  # 2 x 4 within a row is as good as any pixel tile
-    assert not pixel_tiles(56, 56, 24, avx2) and not pixel_tiles(7, 7, 192, avx2)  # 49 pixels: no better divisor
-    assert not pixel_tiles(1, 14, 112, avx2)
+    assert pixel_row(14, 14, 112, avx2) == 196  # within a row: 14 columns x 1 vector, all 16 registers live
+    assert pixel_row(14, 14, 24, avx2) == 196
+    assert pixel_row(14, 14, 672, avx2) is None  # 2 x 4 within a row is as good as any pixel tile
+    assert pixel_row(56, 56, 24, avx2) is None
+    assert pixel_row(7, 7, 192, avx2) == 52  # 49 pixels have no divisor but 7: padded to 52 for 4 x 2 tiles
+    assert pixel_row(1, 14, 112, avx2) is None
+    for h, k in ((7, 192), (7, 1280), (14, 112), (14, 80), (7, 24)):
+        tw, tk = tile_choices(pixel_row(h, h, k, avx2), k, avx2)
+        assert tw * tk >= avx2.acc_target and tw * tk + tk + 1 <= avx2.registers
     prims = _scheduled_prims(tiny)
     # the conv's accumulators in a kernel that tiles pixels live in a (1, 1, H*W, C) buffer
     row_kernels = sorted(n for n, f in prims.items() if "conv2d" in n and re.search(
@@ -183,14 +187,15 @@ def test_transposes_walk_the_input_in_its_own_order(tiny):
     assert "for ax0_ax2_ax1_fused in T.parallel" in to_nchw[0].script()
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_rules_build_matches_pytorch(tiny, batch):
+@pytest.mark.parametrize("batch, size", [(1, 56), (3, 56), (3, 28)])
+def test_rules_build_matches_pytorch(tiny, batch, size):
+    """size 28: the second block's projection runs at 7x7, where 1x1 convs tile 49 pixels padded to 52."""
     from compile.targets import get_preset
     from compile.tuning import build
 
-    mod, params = _relax(tiny, batch)
+    mod, params = _relax(tiny, batch, size)
     compiled = build(mod, params, get_preset("host").tvm_target(), schedule="rules")
-    x = np.random.RandomState(batch).randn(batch, 3, 56, 56).astype("float32")
+    x = np.random.RandomState(batch).randn(batch, 3, size, size).astype("float32")
     outs = compiled.run_numpy(x)
     with torch.no_grad():
         ref = tiny(torch.from_numpy(x))
