@@ -9,8 +9,11 @@ build runs scalar, single-threaded loops. These rules give each fused PrimFunc a
   epilogue is applied when the tile is written back, so the conv output never goes to memory unfused.
   Depthwise convs whose data streams from memory get 1-column tiles instead; with a dynamic batch the kernel
   holds both tilings and picks by the batch at run time. A depthwise conv whose input is stored in channel blocks
-  (compile.schedules.blocked_depthwise) walks it block by block, one vector per tile.
-- `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop.
+  (compile.schedules.blocked_depthwise) walks it block by block, one vector per tile. A 1x1 stride-1 conv whose
+  rows are too narrow for a good tile runs over all pixels of an image as one row (`pixel_row`; 7x7 padded to 52).
+  Large-weight convs put images outside the channel blocks when a batch of 8 images' input exceeds L2.
+- `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop; transposes walk the
+  input in its own axis order.
 - dlight's own CPU `Reduction` handles pooling (means).
 
 They are the design space a search would start from; `tile_choices` is where a tuner would plug in.
@@ -30,7 +33,6 @@ CONV_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc")
 SMALL_WEIGHT_BYTES = 128 * 1024
 L2_BYTES = 512 * 1024  # per core on Zen 3 and most current x86/Arm cores
 BATCH_FOR_ORDER = 8  # the batch the loop order of large-weight convs is chosen for (artifacts take 1..16)
-IMAGES_OUTSIDE_BLOCKS = True
 STREAMING_BYTES = 8 << 20  # a conv's input + output beyond this VM's effective cache (~5-8 MB measured)
 DUAL_NEST_MAX_BATCH = 8  # dynamic batch: a streaming nest only for kernels that stream from this batch on
 
@@ -97,13 +99,6 @@ def blocked_depthwise_tile(width: int, isa: VectorISA) -> tuple[int, int]:
     return max(d for d in range(1, min(width, isa.acc_target) + 1) if width % d == 0), 1
 
 
-FUSE_PIXELS = True
-INIT_OWN_LOOPS = True
-
-
-PAD_PIXELS = True
-
-
 def pixel_row(height: int, width: int, out_channels: int, isa: VectorISA) -> int | None:
     """How many pixels a 1x1 stride-1 conv should tile as one row per image, or None to tile within rows.
 
@@ -113,7 +108,7 @@ def pixel_row(height: int, width: int, out_channels: int, isa: VectorISA) -> int
     (7 x 1: 7 accumulators, 8 loads per 7 FMAs): its 49 pixels are padded to 52, the 3 extra ones reading the
     last pixel again and never written (4 x 2 tiles: 1.2-1.3x faster kernels, 6 % more work). Where rows give a
     tile as good, rows stay (pixel rows cost index arithmetic; 56x56 layers were slower with them)."""
-    if not FUSE_PIXELS or height <= 1:
+    if height <= 1:
         return None
 
     def quality(w: int) -> tuple[int, int]:
@@ -124,7 +119,7 @@ def pixel_row(height: int, width: int, out_channels: int, isa: VectorISA) -> int
     if quality(pixels) > rows:
         return pixels
     padded = -(-pixels // 4) * 4
-    if PAD_PIXELS and rows[0] < isa.acc_target and quality(padded) > rows:
+    if rows[0] < isa.acc_target and quality(padded) > rows:
         return padded
     return None
 
@@ -152,9 +147,6 @@ def _is_copy(sch: s_tir.Schedule, block) -> bool:
     return isinstance(body, tirx.BufferStore) and type(body.value).__name__ in ("BufferLoad", "TensorLoad")
 
 
-TRANSPOSE_ORDER = True
-
-
 def _read_order(sch: s_tir.Schedule, block) -> list[int] | None:
     """For a block that only copies one buffer with its axes permuted (a transpose): the input axis each of its
     loops walks; None for anything else."""
@@ -180,7 +172,7 @@ def _schedule_plain_loops(sch: s_tir.Schedule, block, lanes: int) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
-    order = _read_order(sch, block) if TRANSPOSE_ORDER else None
+    order = _read_order(sch, block)
     if order is not None and len(loops) > 2:
         outer = sorted(range(len(loops) - 1), key=lambda i: order[i])
         sch.reorder(*[loops[i] for i in outer], loops[-1])
@@ -342,7 +334,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     elif weight_bytes <= SMALL_WEIGHT_BYTES:
         sch.reorder(n, h, w_o, f_o, ry, rx, rc, w_i, f_k, f_l)
         tile_loop = f_o
-    elif IMAGES_OUTSIDE_BLOCKS and _image_bytes(sch, conv) * BATCH_FOR_ORDER > L2_BYTES:
+    elif _image_bytes(sch, conv) * BATCH_FOR_ORDER > L2_BYTES:
         # images outside the channel blocks: each image's input is read once per block from L2 and the weights
         # once per image. (Blocks outside the batch re-read a batch's input from L3 for every block: lite0's
         # 7x7 and 14x14 1x1 convs at batch 8 took 1.4-1.7x ORT's time. Splitting the batch into chunks that fit
@@ -376,7 +368,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         sch.unroll(rx)
     init = sch.decompose_reduction(conv, ry)
     # the tile's own loops: the init's w, f_k, f_l; the write-back's n, h, w, f (unit n, h)
-    for blk, own in ((init, 3 if INIT_OWN_LOOPS else 4), (acc, 4)):
+    for blk, own in ((init, 3), (acc, 4)):
         _, f_v = sch.split(sch.get_loops(blk)[-1], [None, isa.lanes])
         sch.vectorize(f_v)
         for lp in sch.get_loops(blk)[-own - 1:-1]:
