@@ -290,7 +290,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # measured); regular convs keep the pass (inlined, the broadcast loads get a branch each: 1.4x slower).
     depthwise = names[ci] == "group_conv2d_nhwc"
     # a 1x1 conv legalized over the pixels of an image as one row (compile.schedules.conv_packing)
-    pixel_row = not depthwise and _extent(sch, loops[1]) == 1
+    one_row = not depthwise and _extent(sch, loops[1]) == 1
     for b in blocks[:ci]:
         if _is_copy(sch, b) or depthwise:
             sch.compute_inline(b)
@@ -354,7 +354,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         _, e_v = sch.split(sch.get_loops(epilogue[-1])[-1], [None, isa.lanes])
         sch.vectorize(e_v)
     # one row of pixels: too few parallel chunks unless the tile loop joins them
-    sch.parallel(sch.fuse(*sch.get_loops(conv)[:3 + (pixel_row and tile_loop == w_o)]))
+    sch.parallel(sch.fuse(*sch.get_loops(conv)[:3 + (one_row and tile_loop == w_o)]))
     sch.vectorize(f_l)
     # Only the register tile is unrolled: unrolling the reduction too lets LLVM hoist broadcasts across it,
     # and the extra live values spill the accumulators (measured 3-6x slower in the NCHWc experiment).
