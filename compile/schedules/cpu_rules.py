@@ -231,6 +231,11 @@ def _schedule_by_batch(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     return s_tir.Schedule(_branch_on(batch >= threshold, streaming.mod["main"], cached.mod["main"]))
 
 
+def _image_bytes(buf) -> int:
+    """fp32 bytes of one image (all but the batch axis) of a buffer; 0 when a size is symbolic."""
+    return 4 * math.prod(static_extent(d) or 0 for d in buf.shape[1:])
+
+
 def _depthwise_streaming_batch(func: tirx.PrimFunc):
     """(batch extent, the batch from which input + output exceed STREAMING_BYTES) for a depthwise conv with
     static image sizes; None for anything else."""
@@ -242,7 +247,7 @@ def _depthwise_streaming_batch(func: tirx.PrimFunc):
         return None
     block = sch.get(convs[0])
     bufs = [r.source for r in block.reads if len(r.source.shape) == 4][:1] + [w.source for w in block.writes]
-    per_image = [math.prod(static_extent(d) or 0 for d in b.shape[1:]) * 4 for b in bufs]
+    per_image = [_image_bytes(b) for b in bufs]
     if len(bufs) != 2 or not all(per_image):
         return None
     batch = static_extent(bufs[0].shape[0])
@@ -260,12 +265,6 @@ def _branch_on(cond, then_func: tirx.PrimFunc, else_func: tirx.PrimFunc) -> tirx
     # both nests define the same loop and block variables, and TIR wants one definition each: printing and
     # parsing the function back gives every definition a variable of its own
     return tvm.script.from_source(merged.script())
-
-
-def _image_bytes(sch: s_tir.Schedule, conv) -> int:
-    """Bytes of one image of a conv's (4-D) input."""
-    data = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 4]
-    return 4 * math.prod(static_extent(d) or 1 for d in data[0].shape[1:]) if data else 0
 
 
 def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
@@ -327,6 +326,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # outside rows: one block's weights then stay in L2 for every row (rows outside re-streamed all weights per
     # row: 7x7x512 3x3 went from 12 to 30 GFLOP/s that way).
     weight_bytes = 4 * out_ch * _extent(sch, ry) * _extent(sch, rx) * _extent(sch, rc)
+    data = sch.get(conv).reads[0].source  # the activation input (the compute's first operand)
     if blocked_input:
         # one channel block's rows are contiguous planes: walk a row of one block, then the next block
         sch.reorder(n, h, f_o, w_o, ry, rx, rc, w_i, f_k, f_l)
@@ -334,7 +334,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     elif weight_bytes <= SMALL_WEIGHT_BYTES:
         sch.reorder(n, h, w_o, f_o, ry, rx, rc, w_i, f_k, f_l)
         tile_loop = f_o
-    elif _image_bytes(sch, conv) * BATCH_FOR_ORDER > L2_BYTES:
+    elif _image_bytes(data) * BATCH_FOR_ORDER > L2_BYTES:
         # images outside the channel blocks: each image's input is read once per block from L2 and the weights
         # once per image. (Blocks outside the batch re-read a batch's input from L3 for every block: lite0's
         # 7x7 and 14x14 1x1 convs at batch 8 took 1.4-1.7x ORT's time. Splitting the batch into chunks that fit
