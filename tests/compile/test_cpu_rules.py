@@ -308,9 +308,10 @@ def test_split_kernels_balances_and_keeps_every_kernel(tiny):
 class _Depthwise(nn.Module):
     """A depthwise conv big enough to stream from memory from batch 2 on (112x112x64: 3.2 MB in, 3.2 MB out)."""
 
-    def __init__(self):
+    def __init__(self, channels: int = 64):
         super().__init__()
-        self.dw = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1, groups=64, bias=False), nn.BatchNorm2d(64), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False),
+                                nn.BatchNorm2d(channels), nn.ReLU6())
 
     def forward(self, x):
         return {"s": self.dw(x)}
@@ -343,3 +344,15 @@ def test_depthwise_picks_tiles_by_batch_at_run_time():
         with torch.no_grad():
             want = net(torch.from_numpy(x))["s"].numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_depthwise_with_few_channels_never_streams():
+    """16 channels give a 1-column streaming tile of only 2 vectors (two dependent FMA chains), while the cached
+    tile reads whole pixels already: one loop nest at every batch, however much data the kernel streams."""
+    from compile.cpu_pipeline import schedule_module
+    from compile.targets import get_preset
+
+    mod, _ = _relax_sized(_Depthwise(16).eval(), 16, 112, channels=16)  # 16 x 1.6 MB: far past STREAMING_BYTES
+    sched = schedule_module(mod, get_preset("host").tvm_target())
+    dw = [sched[gv].script() for gv in sched.get_global_vars() if "conv2d" in gv.name_hint]
+    assert len(dw) == 1 and dw[0].count("T.parallel") == 1
