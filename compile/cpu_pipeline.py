@@ -9,8 +9,8 @@ Steps, each for a measured reason (docs/performance.md):
    per channel block (compile.schedules.conv_packing).
 4. LiftTransformParams: weight transposes and packing (and folded BatchNorm constants) move to
    `main_transform_params`, run once when an artifact loads (compile.artifact), not on every call.
-5. The standard CPU fuse passes; depthwise convs fed by a conv kernel get that input in channel blocks of one
-   vector (compile.schedules.blocked_depthwise); then compile.schedules.cpu_rules on every fused kernel.
+5. The standard CPU fuse passes; depthwise and 1x1 convs fed by a conv kernel get that input in channel blocks of
+   one vector (compile.schedules.channel_blocks); then compile.schedules.cpu_rules on every fused kernel.
 compile.parallel_build then generates the kernels' code in parallel threads.
 """
 from __future__ import annotations
@@ -135,7 +135,7 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
     """Steps 1-4: from the imported Relax module to fused, scheduled PrimFuncs (before lowering)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.s_tir import dlight
-    from .schedules.blocked_depthwise import block_depthwise_inputs
+    from .schedules.channel_blocks import block_channels
     from .schedules.conv_packing import legalize_conv2d
     from .schedules.cpu_rules import vector_isa
     return [
@@ -151,7 +151,7 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-        block_depthwise_inputs(vector_isa(target).lanes),
+        block_channels(vector_isa(target).lanes),
         dlight.ApplyDefaultSchedule(*schedule_rules()),
     ]
 

@@ -9,7 +9,8 @@ build runs scalar, single-threaded loops. These rules give each fused PrimFunc a
   epilogue is applied when the tile is written back, so the conv output never goes to memory unfused.
   Depthwise convs whose data streams from memory get 1-column tiles instead; with a dynamic batch the kernel
   holds both tilings and picks by the batch at run time. A depthwise conv whose input is stored in channel blocks
-  (compile.schedules.blocked_depthwise) walks it block by block, one vector per tile. A 1x1 stride-1 conv whose
+  (compile.schedules.channel_blocks) walks it block by block, one vector per tile; a 1x1 conv reading blocks
+  walks its reduction block by block. A 1x1 stride-1 conv whose
   rows are too narrow for a good tile runs over all pixels of an image as one row (`pixel_row`; 7x7 padded to 52).
   Large-weight convs put images outside the channel blocks when a batch of 8 images' input exceeds L2.
 - `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop; transposes walk the
@@ -246,7 +247,7 @@ def _depthwise_streaming_batch(func: tirx.PrimFunc, isa: VectorISA):
     convs = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == "group_conv2d_nhwc"]
     if len(convs) != 1:
         return None
-    if any(len(p.shape) == 5 for p in func.params):  # input in channel blocks: contiguous planes, no streaming tiles
+    if len(func.params[0].shape) == 5:  # input in channel blocks: contiguous planes, no streaming tiles
         return None
     block = sch.get(convs[0])
     bufs = [r.source for r in block.reads if len(r.source.shape) == 4][:1] + [w.source for w in block.writes]
@@ -309,12 +310,13 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     else:
         for b in epilogue:
             _schedule_plain_loops(sch, b, isa.lanes)
-    # 5-D reads: a depthwise conv's input stored in channel blocks of one vector
-    # (compile.schedules.blocked_depthwise), or a regular conv's packed weights (compile.conv_packing), whose
-    # block fixes tk
-    packed = [r.source for r in sch.get(conv).reads if len(r.source.shape) == 5]
-    blocked_input = depthwise and bool(packed)
-    if blocked_input:
+    # 5-D reads: an input stored in channel blocks of one vector (compile.schedules.channel_blocks), or a regular
+    # conv's packed weights (compile.conv_packing), whose block fixes tk
+    reads = [r.source for r in sch.get(conv).reads]
+    data = reads[0]  # the activation input (the compute's first operand)
+    blocked_input = len(data.shape) == 5
+    packed = [b for b in reads[1:] if len(b.shape) == 5]
+    if blocked_input and depthwise:
         tw, tk = blocked_depthwise_tile(width, isa)
     elif depthwise and streaming:
         tw, tk = depthwise_tile(out_ch, isa)
@@ -332,24 +334,27 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # outside rows: one block's weights then stay in L2 for every row (rows outside re-streamed all weights per
     # row: 7x7x512 3x3 went from 12 to 30 GFLOP/s that way).
     weight_bytes = 4 * out_ch * _extent(sch, ry) * _extent(sch, rx) * _extent(sch, rc)
-    data = sch.get(conv).reads[0].source  # the activation input (the compute's first operand)
-    if blocked_input:
+    red = [rc]
+    if blocked_input and not depthwise and _extent(sch, rc) % isa.lanes == 0:
+        # a channel-blocked input: the reduction walks one block's channels (contiguous), then the next plane
+        red = list(sch.split(rc, [None, isa.lanes]))
+    if blocked_input and depthwise:
         # one channel block's rows are contiguous planes: walk a row of one block, then the next block
-        sch.reorder(n, h, f_o, w_o, ry, rx, rc, w_i, f_k, f_l)
+        sch.reorder(n, h, f_o, w_o, ry, rx, *red, w_i, f_k, f_l)
         tile_loop = w_o
     elif weight_bytes <= SMALL_WEIGHT_BYTES:
-        sch.reorder(n, h, w_o, f_o, ry, rx, rc, w_i, f_k, f_l)
+        sch.reorder(n, h, w_o, f_o, ry, rx, *red, w_i, f_k, f_l)
         tile_loop = f_o
     elif _image_bytes(data) * BATCH_FOR_ORDER > L2_BYTES:
         # images outside the channel blocks: each image's input is read once per block from L2 and the weights
         # once per image. (Blocks outside the batch re-read a batch's input from L3 for every block: lite0's
         # 7x7 and 14x14 1x1 convs at batch 8 took 1.4-1.7x ORT's time. Splitting the batch into chunks that fit
         # L2 needs a tail at a dynamic batch, and the tail's predicate blew the register tile up to the batch.)
-        sch.reorder(n, f_o, h, w_o, ry, rx, rc, w_i, f_k, f_l)
+        sch.reorder(n, f_o, h, w_o, ry, rx, *red, w_i, f_k, f_l)
         tile_loop = w_o
     else:
         # batch inside the channel blocks: a block's weights are read once for all images of a batch
-        sch.reorder(f_o, n, h, w_o, ry, rx, rc, w_i, f_k, f_l)
+        sch.reorder(f_o, n, h, w_o, ry, rx, *red, w_i, f_k, f_l)
         tile_loop = w_o
     acc = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(acc, tile_loop, preserve_unit_loops=True)

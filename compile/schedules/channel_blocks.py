@@ -1,32 +1,51 @@
-"""Depthwise convs read their input in channel blocks of one vector (NCHW[x]c), written so by their producer.
+"""Tensors between a conv kernel and a depthwise conv, and between a depthwise conv and a 1x1 conv, are stored in
+channel blocks of one vector (NCHW[x]c), written so by their producer and read so by their consumer.
 
 A depthwise conv that follows a 1x1 expansion reads a tensor the expansion has just written (4.8 MB at lite0's
 112x112x96). Inside the model run that data is no longer in cache, and NHWC tiles read 64 bytes out of every
 384-byte pixel, which the hardware prefetchers do not follow: the pair ran 2-4x slower than the same two kernels
 called alone. With the intermediate stored as (N, C/v, H, W, v), each channel block is a contiguous plane the
 depthwise conv walks row by row (a hand-written NCHWc8 pair: 1.35-1.8x faster than NHWC once caches are not
-hot; docs/performance.md).
+hot; docs/performance.md). The depthwise conv's own output then goes out the same way: in NHWC its one-vector
+tiles wrote 32 bytes per pixel at a stride of the whole pixel, in blocks they write contiguous runs, and the 1x1
+projection after it reads each block's channels of a pixel tile as one contiguous piece (mobilenet_v3_large
+batch 8: 0.91-0.95 of the build that blocked only depthwise inputs).
 
 The layout changes only between the two kernels: the producer's PrimFunc writes its output buffer through the
-index map and the depthwise PrimFunc reads it through the same map (`transform_layout` on both), and the Relax
+index map and the consumer's PrimFunc reads it through the same map (`transform_layout` on both), and the Relax
 call's output type changes to the blocked shape. Nothing else sees the tensor, so no layout-transform kernel
-is needed. The schedule rule (cpu_rules.conv_nhwc) recognises the blocked input and tiles it by block.
+is needed. The schedule rule (cpu_rules.conv_nhwc) recognises blocked inputs and tiles them by block.
 """
 from __future__ import annotations
 
 from .._tvm import relax, tvm
-from .cpu_rules import conv_block_name
+from .cpu_rules import conv_block_name, static_extent
 
 
 def _kind(func) -> str | None:
-    """'conv' for a fused regular NHWC conv kernel, 'depthwise' for a fused depthwise one, else None."""
+    """'conv' for a fused regular NHWC conv kernel, 'pointwise' for a 1x1 one reading its input unpadded,
+    'depthwise' for a fused depthwise one, else None."""
     if not isinstance(func, tvm.tirx.PrimFunc):
         return None
     try:
         name = conv_block_name(func)
+        if name == "group_conv2d_nhwc":
+            return "depthwise"
+        return None if name is None else "pointwise" if _pointwise(func, name) else "conv"
     except Exception:  # noqa: BLE001 - a function the schedule cannot parse is not ours to change
         return None
-    return None if name is None else "depthwise" if name == "group_conv2d_nhwc" else "conv"
+
+
+def _pointwise(func, conv: str) -> bool:
+    """A 1x1 conv whose input reaches it through copies only (no padding)."""
+    from tvm import s_tir
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    i = names.index(conv)
+    reduce = [iv for iv in sch.get(blocks[i]).iter_vars if iv.iter_type == tvm.tirx.IterVar.CommReduce]
+    return (len(reduce) == 3 and all(static_extent(iv.dom.extent) == 1 for iv in reduce[:2])
+            and all(n == "pixel_row" for n in names[:i]))
 
 
 def _blocked(func: "tvm.tirx.PrimFunc", param: int, lanes: int) -> "tvm.tirx.PrimFunc":
@@ -55,11 +74,12 @@ def _uses(func: "relax.Function") -> dict:
     return uses
 
 
-def block_depthwise_inputs(lanes: int) -> tvm.transform.Pass:
-    """Module pass (after FuseTIR): every depthwise conv whose input comes from a conv kernel and is read by
-    nothing else gets that input in channel blocks of `lanes` (the vector width of the target)."""
+def block_channels(lanes: int) -> tvm.transform.Pass:
+    """Module pass (after FuseTIR): a depthwise conv's input that comes from a conv kernel, and a 1x1 conv's input
+    that comes from a depthwise conv (or any conv kernel), when nothing else reads it, is passed in channel blocks
+    of `lanes` (the vector width of the target)."""
 
-    @tvm.transform.module_pass(opt_level=0, name="ConvhubBlockDepthwiseInputs")
+    @tvm.transform.module_pass(opt_level=0, name="ConvhubChannelBlocks")
     def _pass(mod, _ctx):
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
@@ -74,7 +94,7 @@ def _is_call_tir(v) -> bool:
 
 
 def _rewrite(mod, gv, func, lanes: int):
-    """Rewrite the conv -> depthwise call pairs of one Relax function."""
+    """Rewrite the conv -> depthwise and conv -> 1x1 conv call pairs of one Relax function."""
     uses, calls, kinds, pairs = _uses(func), {}, {}, []
 
     def kind(call) -> str | None:  # once per kernel, however many calls share it
@@ -88,7 +108,8 @@ def _rewrite(mod, gv, func, lanes: int):
             if not _is_call_tir(b.value):
                 continue
             calls[b.var] = b.value
-            if kind(b.value) != "depthwise":
+            k = kind(b.value)
+            if k not in ("depthwise", "pointwise"):
                 continue
             x = b.value.args[1].fields[0]
             prod = calls.get(x)
@@ -100,15 +121,23 @@ def _rewrite(mod, gv, func, lanes: int):
                 pairs.append((x, b.var))
     if not pairs:
         return mod
+    # a kernel may write blocks for its consumer and read blocks from its producer (depthwise -> pointwise)
+    sides: dict = {}
+    for x, y in pairs:
+        sides.setdefault(x, set()).add(-1)
+        sides.setdefault(y, set()).add(0)
     new_funcs, replace = {}, {}
-    for i, (x, y) in enumerate(pairs):
-        pc, dc = calls[x], calls[y]
-        pname, dname = f"{pc.args[0].name_hint}_blk{i}", f"{dc.args[0].name_hint}_blk{i}"
-        new_funcs[pname] = _blocked(mod[pc.args[0]], -1, lanes)
-        new_funcs[dname] = _blocked(mod[dc.args[0]], 0, lanes)
-        n, h, w, c = x.ty.shape  # the caller's shape expressions (a dynamic batch is the caller's variable)
-        replace[pc] = (pname, relax.TensorType([n, int(c) // lanes, h, w, lanes], x.ty.dtype))
-        replace[dc] = (dname, y.ty)
+    for i, (var, params) in enumerate(sides.items()):
+        call = calls[var]
+        name, f = f"{call.args[0].name_hint}_blk{i}", mod[call.args[0]]
+        for param in sorted(params):
+            f = _blocked(f, param, lanes)
+        new_funcs[name] = f
+        ty = var.ty
+        if -1 in params:
+            n, h, w, c = ty.shape  # the caller's shape expressions (a dynamic batch is the caller's variable)
+            ty = relax.TensorType([n, int(c) // lanes, h, w, lanes], ty.dtype)
+        replace[call] = (name, ty)
     return _apply(mod, gv, func, replace, new_funcs)
 
 
