@@ -125,10 +125,11 @@ def _fold_constants_numpy() -> tvm.transform.Pass:
 
 
 def schedule_rules():
-    """Our rules first; dlight's CPU reduction rule for pooling."""
+    """Our rules first; dlight's CPU reduction rule for other reductions."""
     from tvm.s_tir import dlight
     from .schedules.cpu_rules import conv_nhwc, injective
-    return [conv_nhwc, injective, dlight.cpu.Reduction()]
+    from .schedules.pool_rules import channels_last_mean
+    return [conv_nhwc, injective, channels_last_mean, dlight.cpu.Reduction()]
 
 
 def scheduling_passes(target: "tvm.target.Target") -> list:
