@@ -24,7 +24,7 @@ def channel_chunk(channels: int, lanes: int) -> int | None:
     return max(m for m in range(lanes, min(channels, MAX_CHUNK_VECTORS * lanes) + 1, lanes) if channels % m == 0)
 
 
-def _reduces_middle_axes(block: tirx.stmt.Stmt) -> bool:
+def _reduces_middle_axes(block) -> bool:
     """A sum whose innermost spatial variable indexes the innermost axis of the one tensor it reads, with every
     spatial variable before every reduction variable."""
     kinds = [iv.iter_type for iv in block.iter_vars]
@@ -47,6 +47,13 @@ def channels_last_mean(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     if not 1 <= len(blocks) <= 2 or not _reduces_middle_axes(sch.get(blocks[0])):
         return None
+    try:
+        return _schedule(sch, blocks, vector_isa(target).lanes)
+    except Exception:  # noqa: BLE001 - TVM raises ScheduleError for an epilogue it cannot inline: dlight's turn
+        return None
+
+
+def _schedule(sch: s_tir.Schedule, blocks: list, lanes: int) -> s_tir.Schedule | None:
     red = blocks[0]
     loops = sch.get_loops(red)
     ivs = sch.get(red).iter_vars
@@ -54,7 +61,6 @@ def channels_last_mean(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_
         return None
     spatial = [lp for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
     reduce = [lp for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.CommReduce]
-    lanes = vector_isa(target).lanes
     channels = static_extent(sch.get(spatial[-1]).extent)
     chunk = channel_chunk(channels, lanes) if channels else None
     if chunk is None:
