@@ -1,5 +1,5 @@
-"""Tensors between a conv kernel and a depthwise conv, and between a depthwise conv and a 1x1 conv, are stored in
-channel blocks of one vector (NCHW[x]c), written so by their producer and read so by their consumer.
+"""A tensor that a conv kernel passes to a depthwise conv or to a 1x1 conv, and that nothing else reads, is stored in
+channel blocks of one vector (NCHW[x]c), written so by its producer and read so by its consumer.
 
 A depthwise conv that follows a 1x1 expansion reads a tensor the expansion has just written (4.8 MB at lite0's
 112x112x96). Inside the model run that data is no longer in cache, and NHWC tiles read 64 bytes out of every
