@@ -1,4 +1,4 @@
-"""Global pooling over channels-last maps (compile.schedules.pool_rules): schedule shape and PyTorch's numbers."""
+"""Pooling over channels-last maps (compile.schedules.pool_rules): schedule shape and PyTorch's numbers."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,13 +26,15 @@ class _Squeeze(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(3, 40, 3, 1, 1), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, 1)  # ResNet's stem pool: padding, a 3x3 window, stride 2
 
     def forward(self, x):
         y = self.conv(x)
-        return {"scaled": y * torch.sigmoid(y.mean((2, 3), keepdim=True)), "pooled": y.mean((2, 3))}
+        return {"scaled": y * torch.sigmoid(y.mean((2, 3), keepdim=True)), "pooled": y.mean((2, 3)),
+                "max": self.pool(y)}
 
 
-def test_means_over_channels_last_maps_are_vectorized_and_match_pytorch():
+def test_pools_over_channels_last_maps_are_vectorized_and_match_pytorch():
     from tvm import tirx
 
     from compile.cpu_pipeline import schedule_module
@@ -44,10 +46,10 @@ def test_means_over_channels_last_maps_are_vectorized_and_match_pytorch():
     mod, params = export_relax(net, (4, 3, 28, 28), "squeeze")  # batches up to 4
     target = get_preset("host").tvm_target()
     sched = schedule_module(mod, target)
-    means = [f.script() for gv, f in sched.functions_items()
-             if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith("mean")]
-    assert means, "the squeeze's mean is a kernel of its own"
-    for script in means:
+    pools = [f.script() for gv, f in sched.functions_items()
+             if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith(("mean", "max_pool"))]
+    assert len(pools) >= 2, "the means and the max pool are kernels of their own"
+    for script in pools:
         # one vector of accumulators per chunk of channels, walking the pixels in memory order
         assert "T.parallel" in script and "T.vectorized" in script and 'scope="local"' in script
     compiled = build(mod, params, target, schedule="rules")
