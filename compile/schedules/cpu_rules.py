@@ -15,7 +15,7 @@ build runs scalar, single-threaded loops. These rules give each fused PrimFunc a
   Large-weight convs put images outside the channel blocks when a batch of 8 images' input exceeds L2.
 - `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop; transposes walk the
   input in its own axis order.
-- dlight's own CPU `Reduction` handles pooling (means).
+- Pooling: compile.schedules.pool_rules (channels-last means and windowed pools); dlight's CPU `Reduction` for the rest.
 
 They are the design space a search would start from; `tile_choices` is where a tuner would plug in.
 """
