@@ -128,8 +128,8 @@ def schedule_rules():
     """Our rules first; dlight's CPU reduction rule for other reductions."""
     from tvm.s_tir import dlight
     from .schedules.cpu_rules import conv_nhwc, injective
-    from .schedules.pool_rules import channels_last_mean
-    return [conv_nhwc, injective, channels_last_mean, dlight.cpu.Reduction()]
+    from .schedules.pool_rules import channels_last_pool
+    return [conv_nhwc, injective, channels_last_pool, dlight.cpu.Reduction()]
 
 
 def scheduling_passes(target: "tvm.target.Target") -> list:

@@ -28,8 +28,8 @@ def channel_chunk(channels: int, lanes: int) -> int | None:
 
 
 def _reduces_middle_axes(block) -> bool:
-    """A sum whose innermost spatial variable indexes the innermost axis of the one tensor it reads, with every
-    spatial variable before every reduction variable."""
+    """A reduction (sum, max) whose innermost spatial variable indexes the innermost axis of the one tensor it
+    reads, with every spatial variable before every reduction variable."""
     kinds = [iv.iter_type for iv in block.iter_vars]
     spatial = [iv.var for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
     if not spatial or tirx.IterVar.CommReduce not in kinds or len(block.reads) != 1:
@@ -41,8 +41,8 @@ def _reduces_middle_axes(block) -> bool:
     return static_extent(last.extent) == 1 and last.min.same_as(spatial[-1])
 
 
-@ScheduleRule.from_callable("ChannelsLastMean")
-def channels_last_mean(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+@ScheduleRule.from_callable("ChannelsLastPool")
+def channels_last_pool(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
     """A reduction over the middle axes of an (N, ..., C) tensor, plus an elementwise epilogue (the mean's divide);
     a pad in front is inlined."""
     if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
@@ -71,13 +71,13 @@ def _schedule(sch: s_tir.Schedule, blocks: list, lanes: int) -> s_tir.Schedule |
     if len(loops) != len(ivs):
         return None
     spatial = [lp for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
-    reduce = [lp for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.CommReduce]
+    reduction = [lp for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.CommReduce]
     channels = static_extent(sch.get(spatial[-1]).extent)
     chunk = channel_chunk(channels, lanes) if channels else None
     if chunk is None:
         return None
     c_o, c_v, c_l = sch.split(spatial[-1], [None, chunk // lanes, lanes])
-    sch.reorder(*spatial[:-1], c_o, *reduce, c_v, c_l)
+    sch.reorder(*spatial[:-1], c_o, *reduction, c_v, c_l)
     task = sch.fuse(*spatial[:-1], c_o)
     sch.parallel(task)
     acc = sch.cache_write(red, 0, "local")
@@ -86,7 +86,7 @@ def _schedule(sch: s_tir.Schedule, blocks: list, lanes: int) -> s_tir.Schedule |
         sch.reverse_compute_inline(blocks[1])  # the divide, applied as the accumulators are written out
     sch.unroll(c_v)
     sch.vectorize(c_l)
-    init = sch.decompose_reduction(red, reduce[0])
+    init = sch.decompose_reduction(red, reduction[0])
     init_v, init_l = sch.get_loops(init)[-2:]
     sch.unroll(init_v)
     sch.vectorize(init_l)
