@@ -1,5 +1,6 @@
-"""A tensor that a conv kernel passes to a depthwise conv or to a 1x1 conv, and that nothing else reads, is stored in
-channel blocks of one vector (NCHW[x]c), written so by its producer and read so by its consumer.
+"""A tensor that a conv kernel passes to depthwise or 1x1 convs (as their input) and to conv epilogues (as a residual),
+and that nothing else reads, is stored in channel blocks of one vector (NCHW[x]c), written so by its producer and
+read so by its readers.
 
 A depthwise conv that follows a 1x1 expansion reads a tensor the expansion has just written (4.8 MB at lite0's
 112x112x96). Inside the model run that data is no longer in cache, and NHWC tiles read 64 bytes out of every
@@ -11,7 +12,12 @@ tiles wrote 32 bytes per pixel at a stride of the whole pixel, in blocks they wr
 projection after it reads each block's channels of a pixel tile as one contiguous piece (mobilenet_v3_large
 batch 8: 0.91-0.95 of the build that blocked only depthwise inputs).
 
-The layout changes only between the two kernels: the producer's PrimFunc writes its output buffer through the
+Residual operands (session 9): resnet-conv's bottleneck outputs feed the next block's first 1x1 conv and its
+last conv's residual add. In NHWC the 1x1 expansions that wrote them (256-2048 channels) and read them back ran at
+1.4-1.85x ONNX Runtime's time at batch 8 (the same conv without the residual: 1.1x); blocked on every side, resnet-conv
+batch 8 0.971 (two A/B runs), mobilenet_v3_large batch 8 0.977, lite0 batch 8 0.991, batch 1 1.002-1.005.
+
+The layout changes only between the kernels: the producer's PrimFunc writes its output buffer through the
 index map and the consumer's PrimFunc reads it through the same map (`transform_layout` on both), and the Relax
 call's output type changes to the blocked shape. Nothing else sees the tensor, so no layout-transform kernel
 is needed. The schedule rule (cpu_rules.conv_nhwc) recognises blocked inputs and tiles them by block.
@@ -56,7 +62,10 @@ def _blocked(func: "tvm.tirx.PrimFunc", param: int, lanes: int) -> "tvm.tirx.Pri
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     name = func.params[param].name
     # the pad (or the conv) reads the input first; the last epilogue block writes the output
-    block, kind = (blocks[0], "read") if param == 0 else (blocks[-1], "write")
+    if param == -1:
+        block, kind = blocks[-1], "write"
+    else:  # the first block reading it: the pad (or the conv) for the input, an epilogue for a residual operand
+        block, kind = next(b for b in blocks if name in [r.source.name for r in sch.get(b).reads]), "read"
     bufs = sch.get(block).reads if kind == "read" else sch.get(block).writes
     index = [r.source.name for r in bufs].index(name)
     sch.transform_layout(block, (kind, index), lambda n, h, w, c: (n, c // lanes, h, w, c % lanes))
@@ -75,9 +84,9 @@ def _uses(func: "relax.Function") -> dict:
 
 
 def block_channels(lanes: int) -> tvm.transform.Pass:
-    """Module pass (after FuseTIR): a depthwise conv's input that comes from a conv kernel, and a 1x1 conv's input
-    that comes from a depthwise conv (or any conv kernel), when nothing else reads it, is passed in channel blocks
-    of `lanes` (the vector width of the target)."""
+    """Module pass (after FuseTIR): a conv kernel's output that only depthwise / 1x1 convs read as their input and
+    conv epilogues read as a same-shaped operand (a residual) is passed in channel blocks of `lanes` (the vector
+    width of the target)."""
 
     @tvm.transform.module_pass(opt_level=0, name="ConvhubChannelBlocks")
     def _pass(mod, _ctx):
@@ -93,8 +102,20 @@ def _is_call_tir(v) -> bool:
     return isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.call_tir"
 
 
+def _takes_blocks(var, call, j: int, k: str | None) -> bool:
+    """Whether argument `j` of this call can be read in channel blocks: the activation input of a depthwise or
+    1x1 conv, or an operand of a conv kernel's epilogue with the output's own shape (a residual)."""
+    if j == 0:
+        return k in ("depthwise", "pointwise")
+    if k is None:
+        return False
+    arg, out = call.args[1].fields[j], var.ty
+    shape, out_shape = getattr(arg.ty, "shape", None), getattr(out, "shape", None)
+    return shape is not None and out_shape is not None and len(shape) == 4 and str(shape) == str(out_shape)
+
+
 def _rewrite(mod, gv, func, lanes: int):
-    """Rewrite the conv -> depthwise and conv -> 1x1 conv call pairs of one Relax function."""
+    """Rewrite the conv kernel outputs of one Relax function whose every reader can take channel blocks."""
     uses, calls, kinds, pairs = _uses(func), {}, {}, []
 
     def kind(call) -> str | None:  # once per kernel, however many calls share it
@@ -103,29 +124,32 @@ def _rewrite(mod, gv, func, lanes: int):
             kinds[gv] = _kind(mod[gv])
         return kinds[gv]
 
+    readers: dict = {}  # conv kernel output -> [(reading call's var, argument index)]
     for block in func.body.blocks:
         for b in block.bindings:
             if not _is_call_tir(b.value):
                 continue
             calls[b.var] = b.value
-            k = kind(b.value)
-            if k not in ("depthwise", "pointwise"):
-                continue
-            x = b.value.args[1].fields[0]
-            prod = calls.get(x)
-            if prod is None or uses.get(x, 0) != 1 or kind(prod) is None:
-                continue
-            shape = getattr(x.ty, "shape", None)  # None when only the rank is known
-            if shape is not None and len(shape) == 4 and isinstance(shape[3], tvm.tirx.IntImm) \
-                    and int(shape[3]) % lanes == 0:
-                pairs.append((x, b.var))
+            for j, a in enumerate(b.value.args[1].fields):
+                readers.setdefault(a, []).append((b.var, j))
+    for x, rd in readers.items():
+        prod = calls.get(x)
+        if prod is None or kind(prod) is None or uses.get(x, 0) != len(rd):
+            continue
+        shape = getattr(x.ty, "shape", None)  # None when only the rank is known
+        if shape is None or len(shape) != 4 or not isinstance(shape[3], tvm.tirx.IntImm) \
+                or int(shape[3]) % lanes:
+            continue
+        if all(_takes_blocks(y, calls[y], j, kind(calls[y])) for y, j in rd):
+            pairs.append((x, rd))
     if not pairs:
         return mod
     # a kernel may write blocks for its consumer and read blocks from its producer (depthwise -> pointwise)
     sides: dict = {}
-    for x, y in pairs:
+    for x, rd in pairs:
         sides.setdefault(x, set()).add(-1)
-        sides.setdefault(y, set()).add(0)
+        for y, j in rd:
+            sides.setdefault(y, set()).add(j)
     new_funcs, replace = {}, {}
     for i, (var, params) in enumerate(sides.items()):
         call = calls[var]

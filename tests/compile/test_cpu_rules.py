@@ -115,10 +115,10 @@ def test_every_conv_kernel_is_scheduled_with_parallel_vector_loops(tiny):
 
 
 def test_depthwise_convs_read_and_write_channel_blocks(tiny):
-    """A tensor passed from a conv kernel to a depthwise conv, or from a depthwise conv to a 1x1 conv, and read by
-    nothing else is stored as (N, C/v, H, W, v): written so by its producer, read so by its consumer, carried
-    blocked by the Relax graph; the model's own inputs and outputs stay as they were. (The numbers are checked end
-    to end by test_rules_build_matches_pytorch.)"""
+    """A conv kernel's output that only depthwise or 1x1 convs read as their input, or conv epilogues read as a
+    residual, is stored as (N, C/v, H, W, v): written so by its producer, read so by every reader, carried blocked
+    by the Relax graph; the model's own inputs and outputs stay as they were. (The numbers are checked end to end
+    by test_rules_build_matches_pytorch.)"""
     from compile.cpu_pipeline import schedule_module
     from compile.schedules.cpu_rules import vector_isa
     from compile.targets import get_preset
@@ -132,17 +132,26 @@ def test_depthwise_convs_read_and_write_channel_blocks(tiny):
     blocked = {n: f for n, f in prims.items() if re.search(r"_blk\d+$", n)}
     sides = {n: (len(f.params[0].shape) == 5, len(f.params[-1].shape) == 5) for n, f in blocked.items()}
     depthwise = [n for n, f in blocked.items() if "group_conv2d_nhwc" in f.script()]
-    # the tiny net's two blocks: expand -> depthwise -> project each. Both expansions are 16 -> 96 at 28x28, so
-    # one blocked kernel serves both (the builder keeps one copy of identical functions)
+    # the tiny net's two blocks: expand -> depthwise -> project each; block 1 adds the stem's output back
     assert len(depthwise) == 2 and all(sides[n] == (True, True) for n in depthwise), sides
-    assert sorted(sides.values()).count((True, False)) == 2, "the two projections read blocks, write NHWC"
-    assert sorted(sides.values()).count((False, True)) == 1, "the expansion writes blocks"
+    others = sorted(v for n, v in sides.items() if n not in depthwise)
+    # the stem and block 2's expansion write blocks; block 1's expansion reads the stem's blocks and writes its
+    # own; the two projections read blocks and write NHWC (s1 and the head's input are not only conv inputs)
+    assert others == [(False, True), (False, True), (True, False), (True, False), (True, True)], sides
+
+    def activation_blocks(f) -> int:  # blocked (1, C/v, H, W, v) operands at the output's height and width
+        out_hw = [int(d) for d in f.params[-1].shape[1:3]]
+        return sum(1 for p in f.params[:-1] if len(p.shape) == 5 and int(p.shape[-1]) == lanes
+                   and int(p.shape[0]) == 1 and [int(d) for d in p.shape[2:4]] == out_hw)
+
+    residual = [n for n, f in blocked.items() if sides[n] == (True, False) and activation_blocks(f) == 2]
+    assert len(residual) == 1, "block 1's projection reads its input and the residual in blocks"
     for n in depthwise:
         assert int(prims[n].params[0].shape[-1]) == lanes
         assert prims[n].script().count("T.parallel") == 1  # one loop nest: no streaming variant for blocked input
     main = sched["main"].script()
     blocked_calls = re.findall(rf"out_ty=R\.Tensor\(\((?:\d+, ){{4}}{lanes}\)", main)
-    assert len(blocked_calls) == 4, "blocked tensors: two expansion outputs, two depthwise outputs"
+    assert len(blocked_calls) == 5, "blocked tensors: the stem's output, two expansion and two depthwise outputs"
     assert "def main(x: R.Tensor((1, 3, 56, 56)" in main  # the model's input is untouched
 
 
