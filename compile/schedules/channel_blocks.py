@@ -61,11 +61,10 @@ def _blocked(func: "tvm.tirx.PrimFunc", param: int, lanes: int) -> "tvm.tirx.Pri
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     name = func.params[param].name
-    # the pad (or the conv) reads the input first; the last epilogue block writes the output
-    if param == -1:
+    if param == -1:  # the last epilogue block writes the output
         block, kind = blocks[-1], "write"
     else:  # the first block reading it: the pad (or the conv) for the input, an epilogue for a residual operand
-        block, kind = next(b for b in blocks if name in [r.source.name for r in sch.get(b).reads]), "read"
+        block, kind = next(b for b in blocks if any(r.source.name == name for r in sch.get(b).reads)), "read"
     bufs = sch.get(block).reads if kind == "read" else sch.get(block).writes
     index = [r.source.name for r in bufs].index(name)
     sch.transform_layout(block, (kind, index), lambda n, h, w, c: (n, c // lanes, h, w, c % lanes))
@@ -102,16 +101,15 @@ def _is_call_tir(v) -> bool:
     return isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == "relax.call_tir"
 
 
-def _takes_blocks(var, call, j: int, k: str | None) -> bool:
-    """Whether argument `j` of this call can be read in channel blocks: the activation input of a depthwise or
-    1x1 conv, or an operand of a conv kernel's epilogue with the output's own shape (a residual)."""
+def _takes_blocks(arg, j: int, k: str | None, out) -> bool:
+    """Whether `arg`, argument `j` of a call to a kernel of kind `k` whose result is `out`, can be read in channel
+    blocks: the activation input of a depthwise or 1x1 conv, or a conv epilogue's operand of the output's own
+    shape (a residual)."""
     if j == 0:
         return k in ("depthwise", "pointwise")
-    if k is None:
-        return False
-    arg, out = call.args[1].fields[j], var.ty
-    shape, out_shape = getattr(arg.ty, "shape", None), getattr(out, "shape", None)
-    return shape is not None and out_shape is not None and len(shape) == 4 and str(shape) == str(out_shape)
+    shape, out_shape = getattr(arg.ty, "shape", None), getattr(out.ty, "shape", None)
+    return (k is not None and shape is not None and out_shape is not None and len(shape) == 4
+            and str(shape) == str(out_shape))  # same dimensions, the batch the same symbolic variable
 
 
 def _rewrite(mod, gv, func, lanes: int):
@@ -140,7 +138,7 @@ def _rewrite(mod, gv, func, lanes: int):
         if shape is None or len(shape) != 4 or not isinstance(shape[3], tvm.tirx.IntImm) \
                 or int(shape[3]) % lanes:
             continue
-        if all(_takes_blocks(y, calls[y], j, kind(calls[y])) for y, j in rd):
+        if all(_takes_blocks(x, j, kind(calls[y]), y) for y, j in rd):
             pairs.append((x, rd))
     if not pairs:
         return mod

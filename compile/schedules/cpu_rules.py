@@ -316,6 +316,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     reads = [r.source for r in sch.get(conv).reads]
     data = reads[0]  # the activation input (the compute's first operand)
     blocked_input = len(data.shape) == 5
+    blocked_output = len(func.params[-1].shape) == 5  # written for the next kernel (channel_blocks)
     packed = [b for b in reads[1:] if len(b.shape) == 5]
     if blocked_input and depthwise:
         tw, tk = blocked_depthwise_tile(width, isa)
@@ -335,6 +336,10 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # outside rows: one block's weights then stay in L2 for every row (rows outside re-streamed all weights per
     # row: 7x7x512 3x3 went from 12 to 30 GFLOP/s that way).
     weight_bytes = 4 * out_ch * _extent(sch, ry) * _extent(sch, rx) * _extent(sch, rc)
+    # A wide output in channel blocks is written block by block even with small weights: a tile walking every block
+    # of a few pixels writes into 32+ planes at once (resnet-conv's 56x56 64 -> 256 convs: 2.5-2.8x ORT that way;
+    # block by block resnet-conv batch 8 0.952 / 0.964, batch 1 0.994, mobilenet_v3_large batch 8 0.984).
+    small_weights = weight_bytes <= SMALL_WEIGHT_BYTES and not (blocked_output and out_ch >= BLOCKED_OUT_MIN_CHANNELS)
     red = [rc]
     if blocked_input and not depthwise and _extent(sch, rc) % isa.lanes == 0:
         # a channel-blocked input: the reduction walks one block's channels (contiguous), then the next plane
@@ -343,11 +348,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         # one channel block's rows are contiguous planes: walk a row of one block, then the next block
         sch.reorder(n, h, f_o, w_o, ry, rx, *red, w_i, f_k, f_l)
         tile_loop = w_o
-    elif weight_bytes <= SMALL_WEIGHT_BYTES and not (len(func.params[-1].shape) == 5
-                                                     and out_ch >= BLOCKED_OUT_MIN_CHANNELS):
-        # (a wide output stored in channel blocks is not: a tile walking all blocks of a few pixels writes into 32+
-        # planes at once; block by block it writes each plane in order. resnet-conv's 56x56 64 -> 256 convs were
-        # 2.5-2.8x ORT that way; resnet-conv batch 8 0.952 / 0.964, batch 1 0.994, mobilenet_v3_large b8 0.984)
+    elif small_weights:
         sch.reorder(n, h, w_o, f_o, ry, rx, *red, w_i, f_k, f_l)
         tile_loop = f_o
     elif _image_bytes(data) * BATCH_FOR_ORDER > L2_BYTES:
