@@ -25,7 +25,7 @@ is needed. The schedule rule (cpu_rules.conv_nhwc) recognises blocked inputs and
 from __future__ import annotations
 
 from .._tvm import relax, tvm
-from .cpu_rules import conv_block_name, static_extent
+from .cpu_rules import channel_lanes, conv_block_name, static_extent
 
 
 def _kind(func) -> str | None:
@@ -84,8 +84,9 @@ def _uses(func: "relax.Function") -> dict:
 
 def block_channels(lanes: int) -> tvm.transform.Pass:
     """Module pass (after FuseTIR): a conv kernel's output that only depthwise / 1x1 convs read as their input and
-    conv epilogues read as a same-shaped operand (a residual) is passed in channel blocks of `lanes` (the vector
-    width of the target)."""
+    conv epilogues read as a same-shaped operand (a residual) is passed in channel blocks of one vector: `lanes`
+    (the target's vector width), or the narrower vector the kernels over that many channels use
+    (cpu_rules.channel_lanes: 8 for AVX-512 at 24-200 channels)."""
 
     @tvm.transform.module_pass(opt_level=0, name="ConvhubChannelBlocks")
     def _pass(mod, _ctx):
@@ -135,30 +136,30 @@ def _rewrite(mod, gv, func, lanes: int):
         if prod is None or kind(prod) is None or uses.get(x, 0) != len(rd):
             continue
         shape = getattr(x.ty, "shape", None)  # None when only the rank is known
-        if shape is None or len(shape) != 4 or not isinstance(shape[3], tvm.tirx.IntImm) \
-                or int(shape[3]) % lanes:
+        if shape is None or len(shape) != 4 or not isinstance(shape[3], tvm.tirx.IntImm):
             continue
-        if all(_takes_blocks(x, j, kind(calls[y]), y) for y, j in rd):
-            pairs.append((x, rd))
+        block = channel_lanes(int(shape[3]), lanes)
+        if block and all(_takes_blocks(x, j, kind(calls[y]), y) for y, j in rd):
+            pairs.append((x, rd, block))
     if not pairs:
         return mod
     # a kernel may write blocks for its consumer and read blocks from its producer (depthwise -> pointwise)
-    sides: dict = {}
-    for x, rd in pairs:
-        sides.setdefault(x, set()).add(-1)
+    sides: dict = {}  # call var -> {parameter index (-1: the output): block}
+    for x, rd, block in pairs:
+        sides.setdefault(x, {})[-1] = block
         for y, j in rd:
-            sides.setdefault(y, set()).add(j)
+            sides.setdefault(y, {})[j] = block
     new_funcs, replace = {}, {}
     for i, (var, params) in enumerate(sides.items()):
         call = calls[var]
         name, f = f"{call.args[0].name_hint}_blk{i}", mod[call.args[0]]
         for param in sorted(params):
-            f = _blocked(f, param, lanes)
+            f = _blocked(f, param, params[param])
         new_funcs[name] = f
         ty = var.ty
         if -1 in params:
             n, h, w, c = ty.shape  # the caller's shape expressions (a dynamic batch is the caller's variable)
-            ty = relax.TensorType([n, int(c) // lanes, h, w, lanes], ty.dtype)
+            ty = relax.TensorType([n, int(c) // params[-1], h, w, params[-1]], ty.dtype)
         replace[call] = (name, ty)
     return _apply(mod, gv, func, replace, new_funcs)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tvm import te, topi
 from tvm.target import Target
 
-from .cpu_rules import pixel_row, static_extent, tile_choices, vector_isa
+from .cpu_rules import isa_for_channels, pixel_row, static_extent, tile_choices, vector_isa
 
 
 def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
@@ -69,9 +69,9 @@ def legalize_conv2d(bb, call):
     if (a.data_layout != "NHWC" or a.kernel_layout != "HWIO" or a.out_layout != "NHWC" or int(a.groups) != 1
             or w_info.dtype != "float32" or wshape is None or static_extent(o_info.shape[2]) is None):
         return default(bb, call)
-    isa = vector_isa(Target.current())
     k = wshape[3]
-    if k % isa.lanes:
+    isa = isa_for_channels(vector_isa(Target.current()), k)
+    if isa is None:
         return default(bb, call)
     height, width = static_extent(o_info.shape[1]), int(o_info.shape[2])
     pointwise = wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides) and not any(int(v) for v in a.padding)

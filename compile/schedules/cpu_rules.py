@@ -22,7 +22,7 @@ They are the design space a search would start from; `tile_choices` is where a t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tvm
 from tvm import s_tir, tirx
@@ -62,6 +62,26 @@ def vector_isa(target: Target) -> VectorISA:
                                      "znver4", "znver5", "cooperlake", "tigerlake", "icelake-client", "x86-64-v4"):
         return VectorISA(16, 32)
     return VectorISA(8, 16)
+
+
+def channel_lanes(channels: int, lanes: int) -> int:
+    """The widest vector of at most `lanes` fp32 lanes (and at least 4) whose width divides `channels`; 0 if none."""
+    while lanes >= 4 and channels % lanes:
+        lanes //= 2
+    return lanes if lanes >= 4 else 0
+
+
+def isa_for_channels(isa: VectorISA, channels: int) -> VectorISA | None:
+    """The vector shape a kernel over `channels` output channels uses; None when no vector of 4+ lanes divides them.
+
+    AVX-512 has 16 lanes, but mobilenet_v3_large's 24-200-channel layers (and lite0's) are multiples of 8 only: those
+    kernels use 8-lane (ymm) vectors, which AVX-512VL gives all 32 registers. Declining them (the rules' first
+    form) left them unscheduled: mobilenet_v3_large batch 8 took 180 ms on a Sapphire Rapids VM.
+    """
+    lanes = channel_lanes(channels, isa.lanes)
+    if not lanes:
+        return None
+    return isa if lanes == isa.lanes else replace(isa, lanes=lanes)
 
 
 def tile_choices(width: int, out_channels: int, isa: VectorISA, tk: int | None = None) -> tuple[int, int]:
@@ -166,7 +186,7 @@ def _read_order(sch: s_tir.Schedule, block) -> list[int] | None:
     return pos
 
 
-def _schedule_plain_loops(sch: s_tir.Schedule, block, lanes: int) -> None:
+def _schedule_plain_loops(sch: s_tir.Schedule, block, vector_lanes: int) -> None:
     """Parallel over everything but the innermost loop, which is vectorized when it divides evenly.
 
     A transpose keeps its output's innermost loop (contiguous writes) and walks the other loops in the input's
@@ -182,7 +202,10 @@ def _schedule_plain_loops(sch: s_tir.Schedule, block, lanes: int) -> None:
         loops = [loops[i] for i in outer] + [loops[-1]]
     inner = loops[-1]
     ext = _extent(sch, inner)
-    if ext is not None and ext % lanes == 0 and ext >= lanes:
+    # 8 lanes where the target's 16 do not divide (AVX-512 at 24-200 channels); no narrower: a 4-lane transpose
+    # is gathers, and the AVX2 schedules were measured without them
+    lanes = channel_lanes(ext, vector_lanes) if ext is not None else 0
+    if lanes >= min(8, vector_lanes):
         outer_i, inner = sch.split(inner, [None, lanes])
         loops = [*loops[:-1], outer_i]
         sch.vectorize(inner)
@@ -256,7 +279,8 @@ def _depthwise_streaming_batch(func: tirx.PrimFunc, isa: VectorISA):
     if len(bufs) != 2 or not all(per_image):
         return None
     out_ch = static_extent(bufs[1].shape[-1])
-    if out_ch is None or out_ch % isa.lanes or depthwise_tile(out_ch, isa)[1] < STREAM_MIN_TK:
+    isa = isa_for_channels(isa, out_ch) if out_ch is not None else None
+    if isa is None or depthwise_tile(out_ch, isa)[1] < STREAM_MIN_TK:
         return None
     batch = static_extent(bufs[0].shape[0])
     return (bufs[0].shape[0] if batch is None else batch), -(-STREAMING_BYTES // sum(per_image))
@@ -288,9 +312,9 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     loops = sch.get_loops(conv)
     if len(loops) != 7:
         return None
-    isa = vector_isa(target)
     width, out_ch = _extent(sch, loops[2]), _extent(sch, loops[3])
-    if width is None or out_ch is None or out_ch % isa.lanes:
+    isa = isa_for_channels(vector_isa(target), out_ch) if out_ch is not None else None
+    if width is None or isa is None:
         return None
     # Producers (the pad): copies are inlined, real padding is one parallel vectorized pass.
     # Depthwise: the zero padding is inlined (a separate pad pass doubled its memory traffic: 2-4x slower,
@@ -341,9 +365,9 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # block by block resnet-conv batch 8 0.952 / 0.964, batch 1 0.994, mobilenet_v3_large batch 8 0.984).
     small_weights = weight_bytes <= SMALL_WEIGHT_BYTES and not (blocked_output and out_ch >= BLOCKED_OUT_MIN_CHANNELS)
     red = [rc]
-    if blocked_input and not depthwise and _extent(sch, rc) % isa.lanes == 0:
+    if blocked_input and not depthwise:
         # a channel-blocked input: the reduction walks one block's channels (contiguous), then the next plane
-        red = list(sch.split(rc, [None, isa.lanes]))
+        red = list(sch.split(rc, [None, static_extent(data.shape[-1])]))
     if blocked_input and depthwise:
         # one channel block's rows are contiguous planes: walk a row of one block, then the next block
         sch.reorder(n, h, f_o, w_o, ry, rx, *red, w_i, f_k, f_l)

@@ -14,7 +14,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from .cpu_rules import static_extent, vector_isa
+from .cpu_rules import channel_lanes, static_extent, vector_isa
 
 MAX_CHUNK_VECTORS = 8  # accumulators per task: enough to hide the add latency, few enough for the registers
 
@@ -73,7 +73,8 @@ def _schedule(sch: s_tir.Schedule, blocks: list, lanes: int) -> s_tir.Schedule |
     spatial = [lp for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
     reduction = [lp for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.CommReduce]
     channels = static_extent(sch.get(spatial[-1]).extent)
-    chunk = channel_chunk(channels, lanes) if channels else None
+    lanes = channel_lanes(channels, lanes) if channels else 0
+    chunk = channel_chunk(channels, lanes) if lanes else None
     if chunk is None:
         return None
     c_o, c_v, c_l = sch.split(spatial[-1], [None, chunk // lanes, lanes])
