@@ -69,7 +69,7 @@ def _relax_sized(net, batch: int, size: int, channels: int = 64):
 
 
 def test_tile_fits_registers_and_divides_the_loops():
-    for isa in (VectorISA(8, 16), VectorISA(16, 32), VectorISA(4, 32)):
+    for isa in (VectorISA(8, 16), VectorISA(16, 32), VectorISA(16, 32, acc_target=24), VectorISA(4, 32)):
         for width in (7, 14, 28, 56, 112, 13):
             for ch in (16, 24, 32, 40, 96, 112, 144, 672, 1152):
                 if ch % isa.lanes:
