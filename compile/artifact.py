@@ -140,6 +140,18 @@ def write_params(path: Path, names: list[str], arrays: list[np.ndarray]) -> None
               metadata={PARAM_ORDER_KEY: ",".join(names)})
 
 
+def host_array(t: Any) -> np.ndarray:
+    """A TVM output tensor as numpy: on the CPU a zero-copy view (DLPack) that keeps the tensor alive, else a copy.
+
+    The VM allocates fresh outputs every call (its pooled allocator takes the memory back only when the view is
+    freed), so a view never changes under its holder. Copying instead cost 2 ms of efficientnet-lite0's ~40 ms
+    batch-8 run (12.5 MB of stage maps written into newly faulted-in pages) and 0.3 ms of its 6.6 ms at batch 1.
+    """
+    if t.device.dlpack_device_type() == 1:  # kDLCPU
+        return np.from_dlpack(t)
+    return t.numpy()
+
+
 class CompiledArtifact:
     """A loaded artifact: call it with a float32 (N, 3, H, W) array; get what the hub module returns, in numpy.
 
@@ -172,7 +184,7 @@ class CompiledArtifact:
         with self._lock:
             out = self._main(tvm.runtime.tensor(x, self._device), *self._params)
             items = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
-            return [o.numpy() for o in items]
+            return [host_array(o) for o in items]
 
     def __call__(self, x: Any) -> np.ndarray | dict[str, np.ndarray]:
         return structure_outputs(self.run(x), self.manifest)

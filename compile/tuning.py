@@ -196,10 +196,11 @@ class Compiled:
 
     def run_numpy(self, x):
         """Run and convert every output to numpy (tuple outputs become a list)."""
+        from .artifact import host_array
         out = self(x)
         if hasattr(out, "numpy"):
-            return out.numpy()
-        return [o.numpy() for o in out]
+            return host_array(out)
+        return [host_array(o) for o in out]
 
 
 def build(mod, params: list, target, work_dir: Path | str | None = None, *, schedule: str = "rules") -> Compiled:

@@ -42,6 +42,23 @@ def test_host_artifact_matches_pytorch_on_real_photos_with_named_outputs(host_ar
         assert cos > 0.9999 and np.abs(out[k] - r).max() < 1e-2
 
 
+def test_outputs_are_views_that_later_runs_never_overwrite(host_artifact):
+    """Outputs come back as zero-copy views of the VM's tensors (compile.artifact.host_array): each run's stay
+    what they were however many runs follow, and writing into one changes nothing else."""
+    art = compile.load(host_artifact.path)
+    _, x = photo_batch(MODEL, 2)
+    first = art(x)
+    kept = {k: v.copy() for k, v in first.items()}
+    assert not first["stage1"].flags.owndata  # a view, not a copy
+    for _ in range(3):
+        other = art(x[::-1].copy())  # other photos into the same shapes
+    for k in first:
+        np.testing.assert_array_equal(first[k], kept[k])
+        assert not np.array_equal(other[k], first[k])
+    first["stage1"][:] = 0
+    np.testing.assert_allclose(art(x)["stage1"], kept["stage1"], rtol=0, atol=0)
+
+
 def test_batch_beyond_range_and_wrong_inputs_are_clear_errors(host_artifact):
     art = compile.load(host_artifact.path)
     with pytest.raises(BatchRangeError, match=r"batch 5 is outside the compiled range 1\.\.4.*--max-batch 5"):
