@@ -175,6 +175,9 @@ class CompiledArtifact:
             params = list(self._vm[transform](params))
         self._params = params
         self._main = self._vm["main"]  # looked up once: run() is the serving hot path
+        # the batch-1 copy of main (compile.cpu_pipeline.BATCH1_ENTRY) in artifacts that have one
+        one = manifest.get("batch1_entry")
+        self._main_batch1 = self._vm[one] if one else None
         self._lock = threading.Lock()  # one VM instance: calls are serialised
 
     def run(self, x: Any) -> list[np.ndarray]:
@@ -182,9 +185,13 @@ class CompiledArtifact:
         from ._tvm import tvm
         x = check_input(x, self.manifest)
         with self._lock:
-            out = self._main(tvm.runtime.tensor(x, self._device), *self._params)
+            out = self.entry(len(x))(tvm.runtime.tensor(x, self._device), *self._params)
             items = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
             return [host_array(o) for o in items]
+
+    def entry(self, batch: int):
+        """The VM function that runs `batch` images: `main`, or its static batch-1 copy for a single image."""
+        return self._main_batch1 if batch == 1 and self._main_batch1 is not None else self._main
 
     def __call__(self, x: Any) -> np.ndarray | dict[str, np.ndarray]:
         return structure_outputs(self.run(x), self.manifest)

@@ -144,9 +144,22 @@ def params_transform_of(ex) -> str | None:
     The VM executable lists its Relax functions only in its text form (`@name:` headers);
     runtime.Module.implements_function does not see them.
     """
+    names = relax_functions(ex)
+    # "transform_params": convhub's CPU pipeline (shared by main and main_batch1); "main_transform_params": the
+    # per-function transform of MetaSchedule's static_shape_tuning pipeline (cpu_weight_prepack)
+    return next((n for n in ("transform_params", "main_transform_params") if n in names), None)
+
+
+def batch1_entry(ex) -> str | None:
+    """The executable's batch-1 copy of main (compile.cpu_pipeline), or None."""
+    from .cpu_pipeline import BATCH1_ENTRY
+    return BATCH1_ENTRY if BATCH1_ENTRY in relax_functions(ex) else None
+
+
+def relax_functions(ex) -> set[str]:
+    """Names of the Relax functions in a VM executable."""
     import re
-    from .cpu_pipeline import PARAMS_TRANSFORM
-    return PARAMS_TRANSFORM if PARAMS_TRANSFORM in re.findall(r"@(\w+):", ex.as_text()) else None
+    return set(re.findall(r"@(\w+):", ex.as_text()))
 
 
 def export_library(ex, preset: Preset, path: Path) -> None:
@@ -281,6 +294,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                              output=output, single=single, pretrained=pretrained, max_batch=max_batch,
                              input_shape=input_shape, preprocess=pre, out_names=out_names, out_shapes=out_shapes,
                              param_names=param_names, database=database, params_transform=params_transform,
+                             batch1_entry=batch1_entry(ex),
                              schedule=schedule)
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):
@@ -308,7 +322,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
 def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: str, single: bool, pretrained: bool,
               max_batch: int, input_shape: tuple[int, int, int], preprocess, out_names: list[str],
               out_shapes: list[list[int | str]], param_names: list[str], database: Path | None,
-              params_transform: str | None, schedule: str) -> dict[str, Any]:
+              params_transform: str | None, batch1_entry: str | None, schedule: str) -> dict[str, Any]:
     from .export import BATCH
     return {
         "format": FORMAT,
@@ -331,6 +345,7 @@ def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: s
         "outputs": [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(out_names, out_shapes)],
         "params": {"file": PARAMS, "count": len(param_names), "order": param_names},
         "params_transform": params_transform,
+        "batch1_entry": batch1_entry,  # main with the batch bound to 1, run for single images (compile.artifact)
         "tuning": {"schedule": schedule, "database": str(database) if database else None},
         "build": {"tvm_version": version("apache-tvm"), "tvm_ffi_version": version("apache-tvm-ffi"),
                   "torch_version": version("torch"), "convhub_version": _convhub_version(),

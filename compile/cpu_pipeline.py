@@ -8,7 +8,8 @@ Steps, each for a measured reason (docs/performance.md):
 3. Constants (BatchNorm statistics) folded with numpy, then Legalize, with regular convs against weights packed
    per channel block (compile.schedules.conv_packing).
 4. LiftTransformParams: weight transposes and packing (and folded BatchNorm constants) move to
-   `main_transform_params`, run once when an artifact loads (compile.artifact), not on every call.
+   `transform_params`, run once when an artifact loads (compile.artifact), not on every call. A dynamic-batch
+   `main` is compiled twice, as itself and with the batch bound to 1 (`main_batch1`); both share that transform.
 5. The standard CPU fuse passes; depthwise and 1x1 convs fed by a conv kernel get that input in channel blocks of
    one vector (compile.schedules.channel_blocks); then compile.schedules.cpu_rules on every fused kernel.
 compile.parallel_build then generates the kernels' code in parallel threads.
@@ -21,7 +22,8 @@ import numpy as np
 
 from ._tvm import relax, tvm
 
-PARAMS_TRANSFORM = "main_transform_params"
+PARAMS_TRANSFORM = "transform_params"  # one weight transform shared by `main` and BATCH1_ENTRY
+BATCH1_ENTRY = "main_batch1"  # `main` with the batch bound to 1, where `main`'s batch is dynamic
 
 
 def _scalar(expr) -> float | None:
@@ -124,6 +126,31 @@ def _fold_constants_numpy() -> tvm.transform.Pass:
     return _pass
 
 
+def _batch_one_entry() -> tvm.transform.Pass:
+    """A `main` with a dynamic batch gets a copy with the batch bound to 1, `main_batch1`, compiled alongside it
+    (compile.artifact calls it for single images). Static shapes let every kernel drop its symbolic index
+    arithmetic and run-time tile choice, and the VM its shape computations: A/B in one process at batch 1,
+    efficientnet-lite0 4.42 vs 4.58 ms (ORT 4.13), mobilenet_v3_large 3.44 vs 3.69 ms (ORT 3.02). Both functions
+    take the same weights through one shared transform (LiftTransformParams(shared_transform=True))."""
+
+    @tvm.transform.module_pass(opt_level=0, name="ConvhubBatchOneEntry")
+    def _pass(mod, _ctx):
+        gvs = {gv.name_hint: gv for gv in mod.get_global_vars()}
+        if "main" not in gvs or BATCH1_ENTRY in gvs or not isinstance(mod["main"], relax.Function):
+            return mod
+        main = mod["main"]
+        batch = main.params[0].ty.shape[0] if main.params and hasattr(main.params[0].ty, "shape") else None
+        lower = (main.attrs.get("tir_var_lower_bound") or {}) if main.attrs else {}
+        if not isinstance(batch, tvm.tirx.Var) or int(lower.get(batch.name, 1)) > 1:
+            return mod
+        one = main.bind_symbolic_vars({batch: 1}).with_attr("global_symbol", BATCH1_ENTRY)
+        mod = mod.clone()
+        mod[BATCH1_ENTRY] = one
+        return mod
+
+    return _pass
+
+
 def schedule_rules():
     """Our rules first; dlight's CPU reduction rule for other reductions."""
     from tvm.s_tir import dlight
@@ -140,6 +167,7 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
     from .schedules.conv_packing import legalize_conv2d
     from .schedules.cpu_rules import vector_isa
     return [
+        _batch_one_entry(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         _clip_to_min_max(),
@@ -147,7 +175,7 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
         *cpu.library_dispatch_passes(target),
         _fold_constants_numpy(),
         relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": legalize_conv2d}),
-        relax.transform.LiftTransformParams(),
+        relax.transform.LiftTransformParams(shared_transform=True),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

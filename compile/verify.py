@@ -115,9 +115,13 @@ def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dic
 
 
 def _batches(n: int, max_batch: int) -> list[tuple[int, int]]:
-    # Chunks of 2 then the rest: the dynamic batch gets exercised at two sizes.
+    """Chunks of 2 then the rest, so the dynamic batch runs at two sizes, plus the first photo alone when no chunk
+    is a single image: a single image runs the artifact's batch-1 entry (compile.cpu_pipeline.BATCH1_ENTRY)."""
     size = max(1, min(2, max_batch))
-    return [(i, min(i + size, n)) for i in range(0, n, size)]
+    chunks = [(i, min(i + size, n)) for i in range(0, n, size)]
+    if n and not any(hi - lo == 1 for lo, hi in chunks):
+        chunks.append((0, 1))
+    return chunks
 
 
 def how_to_verify(manifest: dict[str, Any]) -> tuple[str, str]:
@@ -167,6 +171,8 @@ def run_parity(artifact_dir: Path, manifest: dict[str, Any], module: torch.nn.Mo
             timings[f"batch {hi - lo}"] = (time.perf_counter() - t0) * 1e3
             for n, a in zip(out_names, arrays):
                 got[n].append(a)
+    # chunks may repeat a photo (the batch-1 run): compare each with the reference rows it ran
+    reference = {n: np.concatenate([r[lo:hi] for lo, hi in chunks]) for n, r in reference.items()}
     figures = compare(reference, {n: np.concatenate(v) for n, v in got.items()})
     threshold = min_cosine
     bad = [n for n, f in figures.items() if not f["cosine"] >= threshold]

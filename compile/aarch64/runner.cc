@@ -233,10 +233,14 @@ int main(int argc, char** argv) {
     std::stringstream order(meta["convhub.param_order"]);
     std::string name;
     while (std::getline(order, name, ',')) params.push_back(ToDevice(blobs.at(name), dev));
-    if (auto transform = vm->GetFunction("main_transform_params")) {  // tuned builds pre-pack weights once
-      ffi::Array<Tensor> packed = (*transform)(ffi::Array<Tensor>(params.begin(), params.end()))
-                                      .cast<ffi::Array<Tensor>>();
-      params.assign(packed.begin(), packed.end());
+    // weights packed once: "transform_params" (convhub's CPU pipeline), "main_transform_params" (tuned builds)
+    for (const char* fname : {"transform_params", "main_transform_params"}) {
+      if (auto transform = vm->GetFunction(fname)) {
+        ffi::Array<Tensor> packed = (*transform)(ffi::Array<Tensor>(params.begin(), params.end()))
+                                        .cast<ffi::Array<Tensor>>();
+        params.assign(packed.begin(), packed.end());
+        break;
+      }
     }
 
     std::string input_file = ReadFile(input);
@@ -244,7 +248,11 @@ int main(int argc, char** argv) {
     std::vector<ffi::AnyView> args;
     args.emplace_back(x);
     for (const Tensor& p : params) args.emplace_back(p);
+    // a single image runs the batch-1 entry where the artifact has one, as compile.artifact does on the host
     ffi::Function main_fn = vm->GetFunction("main").value();
+    if (x.GetDLTensorPtr()->shape[0] == 1) {
+      if (auto one = vm->GetFunction("main_batch1")) main_fn = one.value();
+    }
     ffi::Any result;
     auto t0 = std::chrono::steady_clock::now();
     for (int r = 0; r < repeat; ++r) main_fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);

@@ -18,7 +18,9 @@ def test_aarch64_artifact_runs_under_qemu_and_matches_pytorch(aarch64_artifact):
     m = aarch64_artifact.manifest
     v = m["verification"]
     assert v["status"] == "passed" and v["method"] == "qemu-aarch64"
-    assert v["outputs"]["stage1"]["cosine"] >= 0.9999 and v["batches"] == [2]
+    # 2 photos as one batch of 2 (main), then the first alone (main_batch1, the static batch-1 copy)
+    assert v["outputs"]["stage1"]["cosine"] >= 0.9999 and v["batches"] == [2, 1]
+    assert m["batch1_entry"] == "main_batch1" and m["params_transform"] == "transform_params"
     assert m["target"]["tvm_target"]["mcpu"] == "cortex-a53" and m["target"]["arch"] == "aarch64"
     so = (aarch64_artifact.path / "model.so").read_bytes()
     assert so[:4] == b"\x7fELF" and int.from_bytes(so[18:20], "little") == 183  # e_machine = EM_AARCH64

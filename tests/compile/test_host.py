@@ -42,6 +42,19 @@ def test_host_artifact_matches_pytorch_on_real_photos_with_named_outputs(host_ar
         assert cos > 0.9999 and np.abs(out[k] - r).max() < 1e-2
 
 
+def test_single_images_run_the_static_batch1_entry(host_artifact):
+    """A dynamic-batch artifact also holds `main` with the batch bound to 1 (compile.cpu_pipeline): a single image
+    runs it, and it gives what `main` gives for the same photo inside a batch."""
+    assert host_artifact.manifest["batch1_entry"] == "main_batch1"
+    assert host_artifact.manifest["verification"]["batches"] == [2, 1]  # parity covered both entries
+    art = compile.load(host_artifact.path)
+    assert art.entry(1) is not art.entry(2) and art.entry(2) is art.entry(4)
+    _, x = photo_batch(MODEL, 2)
+    pair, single = art(x), art(x[1:])
+    for k in pair:
+        np.testing.assert_allclose(single[k][0], pair[k][1], rtol=1e-4, atol=1e-4 * float(np.abs(pair[k]).max()))
+
+
 def test_outputs_are_views_that_later_runs_never_overwrite(host_artifact):
     """Outputs come back as zero-copy views of the VM's tensors (compile.artifact.host_array): each run's stay
     what they were however many runs follow, and writing into one changes nothing else."""
