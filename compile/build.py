@@ -144,10 +144,11 @@ def params_transform_of(ex) -> str | None:
     The VM executable lists its Relax functions only in its text form (`@name:` headers);
     runtime.Module.implements_function does not see them.
     """
+    from .cpu_pipeline import PARAMS_TRANSFORM
     names = relax_functions(ex)
-    # "transform_params": convhub's CPU pipeline (shared by main and main_batch1); "main_transform_params": the
+    # PARAMS_TRANSFORM: convhub's CPU pipeline (shared by main and main_batch1); "main_transform_params": the
     # per-function transform of MetaSchedule's static_shape_tuning pipeline (cpu_weight_prepack)
-    return next((n for n in ("transform_params", "main_transform_params") if n in names), None)
+    return next((n for n in (PARAMS_TRANSFORM, "main_transform_params") if n in names), None)
 
 
 def batch1_entry(ex) -> str | None:
