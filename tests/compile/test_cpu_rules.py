@@ -181,6 +181,10 @@ def test_pointwise_convs_tile_pixels_where_rows_are_too_narrow(tiny):
     assert pixel_row(56, 56, 24, avx2) is None
     assert pixel_row(7, 7, 192, avx2) == 52  # 49 pixels have no divisor but 7: padded to 52 for 4 x 2 tiles
     assert pixel_row(1, 14, 112, avx2) is None
+    # AVX-512: 112 channels are 7 vectors; 196 pixels allow only 14 x 1 tiles, 198 (1 % more) allow 3 x 7
+    avx512 = VectorISA(16, 32, acc_target=24)
+    assert pixel_row(14, 14, 112, avx512) == 198 and tile_choices(198, 112, avx512) == (3, 7)
+    assert pixel_row(7, 7, 512, avx512) == 52  # 13 x 2 either way: the multiple of 4 is tried first
     for h, k in ((7, 192), (7, 1280), (14, 112), (14, 80), (7, 24)):
         tw, tk = tile_choices(pixel_row(h, h, k, avx2), k, avx2)
         assert tw * tk >= avx2.acc_target and tw * tk + tk + 1 <= avx2.registers
