@@ -37,6 +37,7 @@ BATCH_FOR_ORDER = 8  # the batch the loop order of large-weight convs is chosen 
 STREAMING_BYTES = 8 << 20  # a conv's input + output beyond this VM's effective cache (~5-8 MB measured)
 DUAL_NEST_MAX_BATCH = 8  # dynamic batch: a streaming nest only for kernels that stream from this batch on
 STREAM_MIN_TK = 3  # a 1-column streaming tile needs this many channel vectors to keep the FMA pipes busy
+DEPTHWISE_MAX_COLUMNS = 8  # columns of a depthwise tile on channel-blocked input (blocked_depthwise_tile)
 PIXEL_PAD_MAX = 0.07  # a 1x1 conv's pixels may be padded by this fraction for a better register tile (pixel_row)
 BLOCKED_OUT_MIN_CHANNELS = 256  # blocked outputs this wide take the large-weight loop order (see _schedule_conv)
 
@@ -124,9 +125,11 @@ def depthwise_tile(out_channels: int, isa: VectorISA) -> tuple[int, int]:
 
 def blocked_depthwise_tile(width: int, isa: VectorISA) -> tuple[int, int]:
     """Depthwise conv on channel-blocked input: (tw columns, 1 vector), tw the largest divisor of the width up to
-    acc_target. Wider tiles (tile_choices allows 14 accumulators at 14- and 28-wide maps) spill once the unrolled
-    kernel columns keep their input vectors live: lite0 batch 1 0.973, mobilenet_v3_large 0.979 with this cap."""
-    return max(d for d in range(1, min(width, isa.acc_target) + 1) if width % d == 0), 1
+    DEPTHWISE_MAX_COLUMNS. Wider tiles (tile_choices allows 14 accumulators at 14- and 28-wide maps) spill once the
+    unrolled kernel columns keep their input vectors live: on AVX2 lite0 batch 1 0.973, mobilenet_v3_large 0.979 with
+    this cap; on AVX-512 (32 registers, acc_target 24) the cap still pays: lite0 batch 8 0.970 / 0.978 against 1.000 /
+    0.996 uncapped, mobilenet_v3_large batch 1 0.986-0.994 (A/B, one process)."""
+    return max(d for d in range(1, min(width, DEPTHWISE_MAX_COLUMNS) + 1) if width % d == 0), 1
 
 
 def pixel_row(height: int, width: int, out_channels: int, isa: VectorISA) -> int | None:

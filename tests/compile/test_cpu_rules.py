@@ -82,6 +82,7 @@ def test_tile_fits_registers_and_divides_the_loops():
     # depthwise on channel-blocked input: one vector, at most acc_target columns, dividing the width
     for width, want in ((112, 8), (56, 8), (28, 7), (14, 7), (7, 7)):
         assert blocked_depthwise_tile(width, VectorISA(8, 16)) == (want, 1)
+        assert blocked_depthwise_tile(width, VectorISA(16, 32, acc_target=24)) == (want, 1)  # not wider on AVX-512
     # the measured best AVX2 tiles: 4 columns x 2 vectors on wide maps, 2 x 4 on 14-wide, 7 x 1 on 7-wide
     assert tile_choices(56, 144, VectorISA(8, 16)) == (4, 2)
     assert tile_choices(14, 672, VectorISA(8, 16)) == (2, 4)
