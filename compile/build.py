@@ -122,39 +122,41 @@ def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = 
 
 
 def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool,
-                     schedule: str = "rules") -> tuple[Any, str | None]:
-    """(executable, name of the params-transform function or None), checking that device code exists."""
+                     schedule: str = "rules") -> tuple[Any, str | None, str | None]:
+    """(executable, name of its params-transform function or None, name of its batch-1 entry or None), checking
+    that device code exists."""
     try:
         ex = compile_relax(mod, preset.tvm_target(), database=database, prepack=prepack, schedule=schedule)
     except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc
-    transform = params_transform_of(ex)
+    names = relax_functions(ex)  # the executable's text, once: it holds every kernel's code
+    transform, batch1 = params_transform_of(ex, names), batch1_entry(names)
     if preset.device != "cpu":
         kinds = _module_kinds(ex.mod)
         if preset.device not in kinds:
             raise BuildError(f"the {preset.name} build has no {preset.device} device module (modules: "
                              f"{sorted(kinds)}); the kernels would not run on the GPU")
-    return ex, transform
+    return ex, transform, batch1
 
 
-def params_transform_of(ex) -> str | None:
+def params_transform_of(ex, names: set[str] | None = None) -> str | None:
     """The name of the executable's weight-transform function (LiftTransformParams), or None.
 
     The VM executable lists its Relax functions only in its text form (`@name:` headers);
     runtime.Module.implements_function does not see them.
     """
     from .cpu_pipeline import PARAMS_TRANSFORM
-    names = relax_functions(ex)
+    names = relax_functions(ex) if names is None else names
     # PARAMS_TRANSFORM: convhub's CPU pipeline (shared by main and main_batch1); "main_transform_params": the
     # per-function transform of MetaSchedule's static_shape_tuning pipeline (cpu_weight_prepack)
     return next((n for n in (PARAMS_TRANSFORM, "main_transform_params") if n in names), None)
 
 
-def batch1_entry(ex) -> str | None:
-    """The executable's batch-1 copy of main (compile.cpu_pipeline), or None."""
+def batch1_entry(names: set[str]) -> str | None:
+    """The batch-1 copy of main (compile.cpu_pipeline) among an executable's Relax functions, or None."""
     from .cpu_pipeline import BATCH1_ENTRY
-    return BATCH1_ENTRY if BATCH1_ENTRY in relax_functions(ex) else None
+    return BATCH1_ENTRY if BATCH1_ENTRY in names else None
 
 
 def relax_functions(ex) -> set[str]:
@@ -282,7 +284,8 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
     how = {"rules": "convhub schedule rules" if preset.device == "cpu" else "TVM default pipeline",
            "tuned": f"tuned: {database}", "stock": "TVM default pipeline, no schedules"}[schedule]
     with _step(log, timings, "build", f"tvm.compile for {preset.name} ({how})"):
-        ex, params_transform = build_executable(mod, preset, database=database, prepack=prepack, schedule=schedule)
+        ex, params_transform, batch1 = build_executable(mod, preset, database=database, prepack=prepack,
+                                                        schedule=schedule)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -295,7 +298,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                              output=output, single=single, pretrained=pretrained, max_batch=max_batch,
                              input_shape=input_shape, preprocess=pre, out_names=out_names, out_shapes=out_shapes,
                              param_names=param_names, database=database, params_transform=params_transform,
-                             batch1_entry=batch1_entry(ex),
+                             batch1_entry=batch1,
                              schedule=schedule)
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):

@@ -135,8 +135,8 @@ def _batch_one_entry() -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="ConvhubBatchOneEntry")
     def _pass(mod, _ctx):
-        gvs = {gv.name_hint: gv for gv in mod.get_global_vars()}
-        if "main" not in gvs or BATCH1_ENTRY in gvs or not isinstance(mod["main"], relax.Function):
+        names = {gv.name_hint for gv in mod.get_global_vars()}
+        if "main" not in names or BATCH1_ENTRY in names or not isinstance(mod["main"], relax.Function):
             return mod
         main = mod["main"]
         batch = main.params[0].ty.shape[0] if main.params and hasattr(main.params[0].ty, "shape") else None

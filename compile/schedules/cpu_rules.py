@@ -151,14 +151,13 @@ def pixel_row(height: int, width: int, out_channels: int, isa: VectorISA) -> int
         return min(tw * tk, isa.acc_target), -tw * tk
 
     pixels, rows = height * width, quality(width)
-    best, best_q = pixels, quality(pixels)
+    candidates = [pixels]
     if rows[0] < isa.acc_target:
-        # pad: to a multiple of 4 first (the measured 7x7 -> 52), then the fewest pixels up to PIXEL_PAD_MAX that do better
-        more = range(pixels + 1, pixels + max(3, int(pixels * PIXEL_PAD_MAX)) + 1)
-        for p in sorted(more, key=lambda p: (p != -(-pixels // 4) * 4, p)):
-            if quality(p) > best_q:
-                best, best_q = p, quality(p)
-    return best if best_q > rows else None
+        # padded: to a multiple of 4 first (the measured 7x7 -> 52), then the fewest pixels up to PIXEL_PAD_MAX
+        to4 = -(-pixels // 4) * 4
+        candidates += [to4] + [p for p in range(pixels + 1, pixels + max(3, int(pixels * PIXEL_PAD_MAX)) + 1) if p != to4]
+    best = max(candidates, key=quality)  # the first of the best: max keeps the earliest among equals
+    return best if quality(best) > rows else None
 
 
 def conv_block_name(func: tirx.PrimFunc) -> str | None:
