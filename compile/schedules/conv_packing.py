@@ -20,23 +20,33 @@ def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
                       name="conv_weight_pack")
 
 
-def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilation) -> te.Tensor:
-    """NHWC conv2d against packed weights; the block is named like TOPI's so the schedule rule finds it."""
-    n, h, w, c = data.shape
+def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilation,
+                       channels_first: bool = False) -> te.Tensor:
+    """conv2d writing NHWC against packed weights; the block is named like TOPI's so the schedule rule finds it.
+    `channels_first`: the input is NCHW (a stem reading the model's input directly, see `stem_reads_nchw`)."""
+    if channels_first:
+        n, c, h, w = data.shape
+    else:
+        n, h, w, c = data.shape
     ko, kh, kw, _, block = wp.shape
     sh, sw = (int(v) for v in strides)
     dh, dw = (int(v) for v in dilation)
     pt, pl, pb, pr = (int(v) for v in padding)
     if pt or pl or pb or pr:
-        data = topi.nn.pad(data, [0, pt, pl, 0], [0, pb, pr, 0], name="pad_temp")
+        before, after = ([0, 0, pt, pl], [0, 0, pb, pr]) if channels_first else ([0, pt, pl, 0], [0, pb, pr, 0])
+        data = topi.nn.pad(data, before, after, name="pad_temp")
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     rc = te.reduce_axis((0, c), name="rc")
+
+    def pixel(b, y, x, ci):
+        return data[b, ci, y, x] if channels_first else data[b, y, x, ci]
+
     return te.compute(
         (n, oh, ow, ko * block),
-        lambda b, y, x, k: te.sum(data[b, y * sh + ry * dh, x * sw + rx * dw, rc]
+        lambda b, y, x, k: te.sum(pixel(b, y * sh + ry * dh, x * sw + rx * dw, rc)
                                   * wp[k // block, ry, rx, rc, k % block], axis=[ry, rx, rc]),
         name="conv2d_nhwc")
 
@@ -66,19 +76,22 @@ def legalize_conv2d(bb, call):
     data, weight = call.args
     w_info, o_info = weight.ty, call.ty
     wshape = _static_ints(w_info.shape)
-    if (a.data_layout != "NHWC" or a.kernel_layout != "HWIO" or a.out_layout != "NHWC" or int(a.groups) != 1
-            or w_info.dtype != "float32" or wshape is None or static_extent(o_info.shape[2]) is None):
+    channels_first = a.data_layout == "NCHW"  # a stem reading the model input (stem_reads_nchw)
+    if (a.data_layout not in ("NHWC", "NCHW") or a.kernel_layout != "HWIO" or a.out_layout != "NHWC"
+            or int(a.groups) != 1 or w_info.dtype != "float32" or wshape is None
+            or static_extent(o_info.shape[2]) is None):
         return default(bb, call)
     k = wshape[3]
     isa = isa_for_channels(vector_isa(Target.current()), k)
     if isa is None:
         return default(bb, call)
     height, width = static_extent(o_info.shape[1]), int(o_info.shape[2])
-    pointwise = wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides) and not any(int(v) for v in a.padding)
+    pointwise = not channels_first and wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides) and not any(int(v) for v in a.padding)
     row = pixel_row(height, width, k, isa) if pointwise and height is not None else None
     _, tk = tile_choices(row or width, k, isa)
     block = tk * isa.lanes
     wp = bb.emit_te(pack_weight, weight, block, primfunc_name_hint="conv_weight_pack")
     if row:
         return bb.call_te(conv2d_pixels_packed, data, wp, row, primfunc_name_hint="conv2d")
-    return bb.call_te(conv2d_nhwc_packed, data, wp, a.strides, a.padding, a.dilation, primfunc_name_hint="conv2d")
+    return bb.call_te(conv2d_nhwc_packed, data, wp, a.strides, a.padding, a.dilation, channels_first,
+                      primfunc_name_hint="conv2d")

@@ -12,7 +12,9 @@ build runs scalar, single-threaded loops. These rules give each fused PrimFunc a
   (compile.schedules.channel_blocks) walks it block by block, one vector per tile; a 1x1 conv reading blocks
   walks its reduction block by block. A 1x1 stride-1 conv whose
   rows are too narrow for a good tile runs over all pixels of an image as one row (`pixel_row`; 7x7 padded to 52).
-  Large-weight convs put images outside the channel blocks when a batch of 8 images' input exceeds L2.
+  Large-weight convs put images outside the channel blocks when a batch of 8 images' input exceeds L2. A stem
+  reading the model's NCHW input (compile.cpu_pipeline._stem_reads_nchw) inlines its padding and walks each input
+  plane's kernel columns, unrolled.
 - `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop; transposes walk the
   input in its own axis order.
 - Pooling: compile.schedules.pool_rules (channels-last means and windowed pools); dlight's CPU `Reduction` for the rest.
@@ -177,6 +179,13 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
     return static_extent(sch.get(loop).extent)
 
 
+def _channels_first(data: tirx.Buffer, in_channels: int | None) -> bool:
+    """Whether a conv reads `data` (its activation input, padded or not) as NCHW: axis 1 holds the input channels
+    and the last axis does not (a conv writing NHWC from the model's NCHW input, see conv_packing)."""
+    return (len(data.shape) == 4 and in_channels is not None and static_extent(data.shape[1]) == in_channels
+            and static_extent(data.shape[3]) != in_channels)
+
+
 def _is_copy(sch: s_tir.Schedule, block) -> bool:
     """A block that only copies (a pad with zero padding): inlining it costs nothing."""
     body = sch.get(block).body
@@ -335,8 +344,10 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     depthwise = names[ci] == "group_conv2d_nhwc"
     # a 1x1 conv legalized over the pixels of an image as one row (compile.schedules.conv_packing)
     one_row = not depthwise and _extent(sch, loops[1]) == 1
+    # a stem reading the model's NCHW input (compile.cpu_pipeline._stem_reads_nchw): padding inlined, like depthwise
+    channels_first = not depthwise and _channels_first(sch.get(conv).reads[0].source, _extent(sch, loops[6]))
     for b in blocks[:ci]:
-        if _is_copy(sch, b) or depthwise:
+        if _is_copy(sch, b) or depthwise or channels_first:
             sch.compute_inline(b)
         else:
             _schedule_plain_loops(sch, b, isa.lanes)
@@ -385,6 +396,10 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         # one channel block's rows are contiguous planes: walk a row of one block, then the next block
         sch.reorder(n, h, f_o, w_o, ry, rx, *red, w_i, f_k, f_l)
         tile_loop = w_o
+    elif small_weights and channels_first:
+        # input channels are planes apart in NCHW: each kernel row walks one plane's columns (unrolled below)
+        sch.reorder(n, h, w_o, f_o, ry, rc, rx, w_i, f_k, f_l)
+        tile_loop = f_o
     elif small_weights:
         sch.reorder(n, h, w_o, f_o, ry, rx, *red, w_i, f_k, f_l)
         tile_loop = f_o
@@ -414,6 +429,9 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # and the extra live values spill the accumulators (measured 3-6x slower in the NCHWc experiment).
     sch.unroll(f_k)
     sch.unroll(w_i)
+    if channels_first:
+        # stride-2 kernel columns of neighbouring outputs share input values: unrolled, LLVM loads each once
+        sch.unroll(rx)
     if depthwise:
         # Depthwise has no cin reduction to amortise loads over: with the kernel columns unrolled too, LLVM can
         # reuse each input vector for the neighbouring output columns of the tile (stride 1: tw + 2 loads
