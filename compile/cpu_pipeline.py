@@ -44,31 +44,40 @@ def _rewrite_relax_functions(mod: "tvm.IRModule", rewriter_cls) -> "tvm.IRModule
     return mod
 
 
-def _clip_to_min_max() -> tvm.transform.Pass:
+def _op_rewrite_pass(name: str, op_name: str, rewrite) -> tvm.transform.Pass:
+    """A module pass replacing each call to Relax op `op_name` by `rewrite(mutator, call)` (which may return the
+    call unchanged); bindings left unused afterwards are dropped."""
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
     class _Rewrite(PyExprMutator):
         def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
             call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.clip"):
-                return call
-            x = call.args[0]
-            lo, hi = _scalar(call.args[1]), _scalar(call.args[2])
-            if lo is None or hi is None:
-                return call
-            dtype = x.ty.dtype
-            if math.isfinite(lo):
-                x = relax.op.maximum(x, relax.const(lo, dtype))
-            if math.isfinite(hi):
-                x = relax.op.minimum(x, relax.const(hi, dtype))
-            return x
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == op_name:
+                return rewrite(self, call)
+            return call
 
-    @tvm.transform.module_pass(opt_level=0, name="ConvhubClipToMinMax")
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
-        return _rewrite_relax_functions(mod, _Rewrite)
+        return relax.transform.DeadCodeElimination()(_rewrite_relax_functions(mod, _Rewrite))
 
     return _pass
+
+
+def _clip_to_min_max() -> tvm.transform.Pass:
+    def rewrite(_mutator, call):
+        x = call.args[0]
+        lo, hi = _scalar(call.args[1]), _scalar(call.args[2])
+        if lo is None or hi is None:
+            return call
+        dtype = x.ty.dtype
+        if math.isfinite(lo):
+            x = relax.op.maximum(x, relax.const(lo, dtype))
+        if math.isfinite(hi):
+            x = relax.op.minimum(x, relax.const(hi, dtype))
+        return x
+
+    return _op_rewrite_pass("ConvhubClipToMinMax", "relax.clip", rewrite)
 
 
 STEM_MAX_CHANNELS = 4  # input channels up to which a conv on the transposed model input reads NCHW itself
@@ -84,38 +93,27 @@ def _stem_reads_nchw() -> tvm.transform.Pass:
     Sapphire Rapids VM: mobilenet_v3_large's 3x3 3 -> 16 stem 3.2 -> 0.8 ms, lite0's 3 -> 32 3.9 -> 2.2 ms (batch 1:
     0.31 -> 0.23). Only where the conv's work per input value is small (STEM_MAX_WORK): ResNet's 7x7 3 -> 64 stem
     ran 1.3-2.4x slower reading NCHW with inlined padding, so it keeps the transpose and the pad pass."""
-    from tvm.relax.expr_functor import PyExprMutator, mutator
+    def rewrite(mutator, call):
+        a, data = call.attrs, call.args[0]
+        if a.data_layout != "NHWC" or int(a.groups) != 1 or not isinstance(data, relax.Var):
+            return call
+        src = mutator.lookup_binding(data)
+        if not (isinstance(src, relax.Call) and isinstance(src.op, tvm.ir.Op)
+                and src.op.name == "relax.permute_dims" and src.attrs.axes is not None
+                and [int(i) for i in src.attrs.axes] == [0, 2, 3, 1]):
+            return call
+        x = src.args[0]
+        shape = getattr(x.ty, "shape", None)
+        channels = getattr(shape.values[1], "value", None) if hasattr(shape, "values") else None
+        kernel = [getattr(v, "value", None) for v in getattr(call.args[1].ty.shape, "values", [])]  # HWIO
+        if (not isinstance(channels, int) or channels > STEM_MAX_CHANNELS or len(kernel) != 4
+                or not all(isinstance(v, int) for v in kernel) or kernel[0] * kernel[1] * kernel[3] > STEM_MAX_WORK):
+            return call
+        return relax.op.nn.conv2d(x, call.args[1], strides=a.strides, padding=a.padding, dilation=a.dilation,
+                                  groups=a.groups, data_layout="NCHW", kernel_layout=a.kernel_layout,
+                                  out_layout=a.out_layout, out_dtype=a.out_dtype)
 
-    @mutator
-    class _Rewrite(PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
-            call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
-                return call
-            a, data = call.attrs, call.args[0]
-            if a.data_layout != "NHWC" or int(a.groups) != 1 or not isinstance(data, relax.Var):
-                return call
-            src = self.lookup_binding(data)
-            if not (isinstance(src, relax.Call) and isinstance(src.op, tvm.ir.Op)
-                    and src.op.name == "relax.permute_dims" and src.attrs.axes is not None
-                    and [int(i) for i in src.attrs.axes] == [0, 2, 3, 1]):
-                return call
-            x = src.args[0]
-            shape = getattr(x.ty, "shape", None)
-            channels = getattr(shape.values[1], "value", None) if hasattr(shape, "values") else None
-            kernel = [getattr(v, "value", None) for v in getattr(call.args[1].ty.shape, "values", [])]  # HWIO
-            if (not isinstance(channels, int) or channels > STEM_MAX_CHANNELS or len(kernel) != 4
-                    or not all(isinstance(v, int) for v in kernel) or kernel[0] * kernel[1] * kernel[3] > STEM_MAX_WORK):
-                return call
-            return relax.op.nn.conv2d(x, call.args[1], strides=a.strides, padding=a.padding, dilation=a.dilation,
-                                      groups=a.groups, data_layout="NCHW", kernel_layout=a.kernel_layout,
-                                      out_layout=a.out_layout, out_dtype=a.out_dtype)
-
-    @tvm.transform.module_pass(opt_level=0, name="ConvhubStemReadsNCHW")
-    def _pass(mod, _ctx):
-        return relax.transform.DeadCodeElimination()(_rewrite_relax_functions(mod, _Rewrite))
-
-    return _pass
+    return _op_rewrite_pass("ConvhubStemReadsNCHW", "relax.nn.conv2d", rewrite)
 
 
 _NUMPY_OPS = {
