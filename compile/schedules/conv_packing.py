@@ -3,7 +3,7 @@
 With plain HWIO the P output channels one input channel feeds sit at a stride of K floats, so a deep layer's
 weights stream from L3 in half-used cache lines. Packed, the reduction reads one contiguous slab per channel
 block. The packing is its own kernel that depends only on the weights: LiftTransformParams moves it to
-`main_transform_params`, so it runs once when an artifact loads.
+`transform_params`, so it runs once when an artifact loads.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
 def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilation,
                        channels_first: bool = False) -> te.Tensor:
     """conv2d writing NHWC against packed weights; the block is named like TOPI's so the schedule rule finds it.
-    `channels_first`: the input is NCHW (a stem reading the model's input directly, see `stem_reads_nchw`)."""
+    `channels_first`: the input is NCHW (a stem reading the model's input, compile.cpu_pipeline._stem_reads_nchw)."""
     if channels_first:
         n, c, h, w = data.shape
     else:
@@ -76,7 +76,7 @@ def legalize_conv2d(bb, call):
     data, weight = call.args
     w_info, o_info = weight.ty, call.ty
     wshape = _static_ints(w_info.shape)
-    channels_first = a.data_layout == "NCHW"  # a stem reading the model input (stem_reads_nchw)
+    channels_first = a.data_layout == "NCHW"  # a stem reading the model input (cpu_pipeline._stem_reads_nchw)
     if (a.data_layout not in ("NHWC", "NCHW") or a.kernel_layout != "HWIO" or a.out_layout != "NHWC"
             or int(a.groups) != 1 or w_info.dtype != "float32" or wshape is None
             or static_extent(o_info.shape[2]) is None):
@@ -86,7 +86,8 @@ def legalize_conv2d(bb, call):
     if isa is None:
         return default(bb, call)
     height, width = static_extent(o_info.shape[1]), int(o_info.shape[2])
-    pointwise = not channels_first and wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides) and not any(int(v) for v in a.padding)
+    pointwise = (not channels_first and wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides)
+                 and not any(int(v) for v in a.padding))
     row = pixel_row(height, width, k, isa) if pointwise and height is not None else None
     _, tk = tile_choices(row or width, k, isa)
     block = tk * isa.lanes

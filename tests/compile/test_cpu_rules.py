@@ -228,8 +228,9 @@ def test_small_stems_read_the_nchw_input_and_large_ones_keep_the_transpose(tiny)
     and keeps both (cpu_pipeline.STEM_MAX_WORK)."""
     def stem_and_transposes(net):
         prims = _scheduled_prims(net)
-        stems = [f for n, f in prims.items() if "conv2d" in n and int(f.params[0].shape[-1]) == 3
-                 or "conv2d" in n and int(f.params[0].shape[1]) == 3]
+        # the one conv on 3 channels, whichever layout it reads them in
+        stems = [f for n, f in prims.items() if "conv2d" in n and 3 in (int(f.params[0].shape[1]),
+                                                                         int(f.params[0].shape[-1]))]
         from_input = [f for f in prims.values() if [int(d) for d in f.params[0].shape] == [1, 3, 56, 56]]
         return stems, from_input
 
