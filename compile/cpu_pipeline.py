@@ -93,6 +93,8 @@ def _stem_reads_nchw() -> tvm.transform.Pass:
     Sapphire Rapids VM: mobilenet_v3_large's 3x3 3 -> 16 stem 3.2 -> 0.8 ms, lite0's 3 -> 32 3.9 -> 2.2 ms (batch 1:
     0.31 -> 0.23). Only where the conv's work per input value is small (STEM_MAX_WORK): ResNet's 7x7 3 -> 64 stem
     ran 1.3-2.4x slower reading NCHW with inlined padding, so it keeps the transpose and the pad pass."""
+    from .schedules.cpu_rules import static_shape
+
     def rewrite(mutator, call):
         a, data = call.attrs, call.args[0]
         if a.data_layout != "NHWC" or int(a.groups) != 1 or not isinstance(data, relax.Var):
@@ -103,11 +105,10 @@ def _stem_reads_nchw() -> tvm.transform.Pass:
                 and [int(i) for i in src.attrs.axes] == [0, 2, 3, 1]):
             return call
         x = src.args[0]
-        shape = getattr(x.ty, "shape", None)
-        channels = getattr(shape.values[1], "value", None) if hasattr(shape, "values") else None
-        kernel = [getattr(v, "value", None) for v in getattr(call.args[1].ty.shape, "values", [])]  # HWIO
-        if (not isinstance(channels, int) or channels > STEM_MAX_CHANNELS or len(kernel) != 4
-                or not all(isinstance(v, int) for v in kernel) or kernel[0] * kernel[1] * kernel[3] > STEM_MAX_WORK):
+        shape = static_shape(getattr(x.ty, "shape", None))
+        kernel = static_shape(getattr(call.args[1].ty, "shape", None))  # HWIO
+        if (shape is None or kernel is None or len(shape) != 4 or len(kernel) != 4
+                or shape[1] > STEM_MAX_CHANNELS or kernel[0] * kernel[1] * kernel[3] > STEM_MAX_WORK):
             return call
         return relax.op.nn.conv2d(x, call.args[1], strides=a.strides, padding=a.padding, dilation=a.dilation,
                                   groups=a.groups, data_layout="NCHW", kernel_layout=a.kernel_layout,
@@ -128,9 +129,7 @@ def _fold_constants_numpy() -> tvm.transform.Pass:
     LLVM kernel per distinct shape to do the same: 40 s of lite0's 2-minute build, ~0.1 s this way."""
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    def shape_of(expr) -> list[int] | None:
-        values = [getattr(v, "value", None) for v in getattr(expr, "values", [])]
-        return None if any(not isinstance(v, int) for v in values) else values
+    from .schedules.cpu_rules import static_shape
 
     @mutator
     class _Rewrite(PyExprMutator):
@@ -154,7 +153,7 @@ def _fold_constants_numpy() -> tvm.transform.Pass:
                 if x is None:
                     return call
                 if name == "relax.reshape":
-                    shape = shape_of(call.args[1])
+                    shape = static_shape(call.args[1]) if isinstance(call.args[1], relax.ShapeExpr) else None
                     if shape is None:
                         return call
                     out = x.reshape(shape)

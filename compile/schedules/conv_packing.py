@@ -10,7 +10,7 @@ from __future__ import annotations
 from tvm import te, topi
 from tvm.target import Target
 
-from .cpu_rules import isa_for_channels, pixel_row, static_extent, tile_choices, vector_isa
+from .cpu_rules import isa_for_channels, pixel_row, static_extent, static_shape, tile_choices, vector_isa
 
 
 def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
@@ -63,11 +63,6 @@ def conv2d_pixels_packed(data: te.Tensor, wp: te.Tensor, row: int) -> te.Tensor:
     return te.compute((n, h, w, out.shape[3]), lambda b, y, x, k: out[b, 0, y * w + x, k], name="pixel_rows")
 
 
-def _static_ints(shape) -> list[int] | None:
-    dims = [static_extent(d) for d in shape]
-    return None if None in dims else dims
-
-
 def legalize_conv2d(bb, call):
     """Regular fp32 NHWC/HWIO convs with static weight/width shapes -> pack + packed conv; others -> TOPI."""
     import tvm
@@ -75,7 +70,7 @@ def legalize_conv2d(bb, call):
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
     data, weight = call.args
     w_info, o_info = weight.ty, call.ty
-    wshape = _static_ints(w_info.shape)
+    wshape = static_shape(w_info.shape)
     channels_first = a.data_layout == "NCHW"  # a stem reading the model input (cpu_pipeline._stem_reads_nchw)
     if (a.data_layout not in ("NHWC", "NCHW") or a.kernel_layout != "HWIO" or a.out_layout != "NHWC"
             or int(a.groups) != 1 or w_info.dtype != "float32" or wshape is None

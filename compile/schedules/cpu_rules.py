@@ -175,6 +175,15 @@ def static_extent(extent) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
+def static_shape(shape) -> list[int] | None:
+    """The int dimensions of a TIR buffer shape or a Relax shape (ShapeExpr), or None when any is symbolic or the
+    shape is unknown."""
+    if shape is None:
+        return None
+    dims = [static_extent(d) for d in getattr(shape, "values", shape)]
+    return None if None in dims else dims
+
+
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
     return static_extent(sch.get(loop).extent)
 
