@@ -44,14 +44,24 @@ def conv_flops(module, size: int) -> float:
 
 
 def theoretical_peak() -> tuple[float, str]:
-    """(GFLOP/s, how) from /proc/cpuinfo: cores x 2 FMA units x lanes (8 AVX2 / 16 AVX-512) x 2 x MHz."""
+    """(GFLOP/s, how) from /proc/cpuinfo: cores x 2 FMA units x lanes (8 AVX2 / 16 AVX-512) x 2 x MHz.
+    AMD Zen 4 (family 25 with AVX-512) runs 512-bit FMAs on its two 256-bit units in two halves, so its FMA
+    units are 8 lanes wide even for AVX-512 code."""
     text = Path("/proc/cpuinfo").read_text()
-    flags = next(ln for ln in text.splitlines() if ln.startswith("flags")).split()
-    mhz = float(next(ln for ln in text.splitlines() if ln.startswith("cpu MHz")).split(":")[1])
+
+    def field(name: str) -> str:
+        return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith(name)), "")
+
+    flags = field("flags").split()
+    mhz = float(field("cpu MHz") or 0)
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    note = ""
+    if lanes == 16 and field("vendor_id") == "AuthenticAMD" and field("cpu family") == "25":
+        lanes, note = 8, " (Zen 4: AVX-512 on 256-bit FMA units)"
     cores = os.cpu_count() or 1
     peak = cores * 2 * lanes * 2 * mhz / 1e3
-    return peak, f"{cores} cores x 2 FMA units x {lanes} fp32 lanes x 2 flops x {mhz:.0f} MHz = {peak:.0f} GFLOP/s"
+    return peak, (f"{cores} cores x 2 FMA units x {lanes} fp32 lanes{note} x 2 flops x {mhz:.0f} MHz "
+                  f"= {peak:.0f} GFLOP/s")
 
 
 def measured_peak(threads: int) -> float:
