@@ -93,7 +93,7 @@ def _stem_reads_nchw() -> tvm.transform.Pass:
     Sapphire Rapids VM: mobilenet_v3_large's 3x3 3 -> 16 stem 3.2 -> 0.8 ms, lite0's 3 -> 32 3.9 -> 2.2 ms (batch 1:
     0.31 -> 0.23). Only where the conv's work per input value is small (STEM_MAX_WORK): ResNet's 7x7 3 -> 64 stem
     ran 1.3-2.4x slower reading NCHW with inlined padding, so it keeps the transpose and the pad pass."""
-    from .schedules.cpu_rules import static_shape
+    from .schedules.cpu_rules import static_extent, static_shape
 
     def rewrite(mutator, call):
         a, data = call.attrs, call.args[0]
@@ -105,10 +105,12 @@ def _stem_reads_nchw() -> tvm.transform.Pass:
                 and [int(i) for i in src.attrs.axes] == [0, 2, 3, 1]):
             return call
         x = src.args[0]
-        shape = static_shape(getattr(x.ty, "shape", None))
+        # the batch may be symbolic (a dynamic-batch `main`): only the channels and the kernel need to be known
+        shape = getattr(getattr(x.ty, "shape", None), "values", None)
+        channels = static_extent(shape[1]) if shape is not None and len(shape) == 4 else None
         kernel = static_shape(getattr(call.args[1].ty, "shape", None))  # HWIO
-        if (shape is None or kernel is None or len(shape) != 4 or len(kernel) != 4
-                or shape[1] > STEM_MAX_CHANNELS or kernel[0] * kernel[1] * kernel[3] > STEM_MAX_WORK):
+        if (channels is None or kernel is None or len(kernel) != 4
+                or channels > STEM_MAX_CHANNELS or kernel[0] * kernel[1] * kernel[3] > STEM_MAX_WORK):
             return call
         return relax.op.nn.conv2d(x, call.args[1], strides=a.strides, padding=a.padding, dilation=a.dilation,
                                   groups=a.groups, data_layout="NCHW", kernel_layout=a.kernel_layout,
