@@ -42,6 +42,9 @@ STREAM_MIN_TK = 3  # a 1-column streaming tile needs this many channel vectors t
 DEPTHWISE_MAX_COLUMNS = 8  # columns of a depthwise tile on channel-blocked input (blocked_depthwise_tile)
 PIXEL_PAD_MAX = 0.07  # a 1x1 conv's pixels may be padded by this fraction for a better register tile (pixel_row)
 BLOCKED_OUT_MIN_CHANNELS = 256  # blocked outputs this wide take the large-weight loop order (see _schedule_conv)
+TRANSPOSE_CHANNEL_TILES = (16, 8, 4)  # channels per NHWC -> NCHW tile (_tile_nhwc_to_nchw), first that divides
+TRANSPOSE_ROW_TILE = 8  # pixels per tile along a row whose width it divides ...
+TRANSPOSE_PIXEL_TILES = (7, 14, 16, 8)  # ... else of the fused rows x columns, first that divides
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,49 @@ def _read_order(sch: s_tir.Schedule, block) -> list[int] | None:
     return pos
 
 
+def _tile_nhwc_to_nchw(sch: s_tir.Schedule, block) -> bool:
+    """NHWC -> NCHW (the stage outputs) in tiles: each tile's channels x pixels are loaded as whole channel vectors
+    into a local buffer and stored as whole pixel vectors of each channel, so LLVM transposes in registers. Where
+    the width takes 8-pixel tiles, tiles walk a row; otherwise (7, 14, 28 wide) rows and columns are fused into one
+    pixel axis. False (and nothing changed) for anything else, or where no tile divides the channels or pixels.
+
+    Timed alone on a Zen 4 VM against the loop order of _schedule_plain_loops (stride-C gathers), batch 8:
+    112x112x16 0.36 -> 0.18 ms, 56x56x24 0.24 -> 0.11, 28x28x40 0.09 -> 0.05, 7x7x960 0.20 -> 0.07; batch 1
+    56x56x256 0.35 -> 0.10, 7x7x2048 0.08 -> 0.03."""
+    loops = sch.get_loops(block)
+    if len(loops) != 4 or _read_order(sch, block) != [0, 3, 1, 2]:
+        return False
+    n, c, h, w = loops
+    channels, height, width = _extent(sch, c), _extent(sch, h), _extent(sch, w)
+    if None in (channels, height, width):
+        return False
+    tc = next((t for t in TRANSPOSE_CHANNEL_TILES if channels % t == 0), None)
+    rows = width % TRANSPOSE_ROW_TILE == 0
+    tw = TRANSPOSE_ROW_TILE if rows else next((t for t in TRANSPOSE_PIXEL_TILES if height * width % t == 0), None)
+    if tc is None or tw is None:
+        return False
+    c_o, c_i = sch.split(c, [None, tc])
+    if rows:
+        w_o, w_i = sch.split(w, [None, tw])
+        sch.reorder(n, h, c_o, w_o, c_i, w_i)
+        outer, tile_loop = [n, h], w_o
+    else:
+        # channel tiles outside: at a few pixels per image, pixel tiles outside left too few parallel chunks and
+        # each wrote into every channel plane (1x7x7x2048: 0.08 -> 0.03 ms; 8x28x28x512 0.73 of pixels outside)
+        p_o, w_i = sch.split(sch.fuse(h, w), [None, tw])
+        sch.reorder(n, c_o, p_o, c_i, w_i)
+        outer, tile_loop = [n, c_o], p_o
+    cache = sch.cache_read(block, 0, "local")
+    sch.compute_at(cache, tile_loop)
+    cache_loops = sch.get_loops(cache)
+    sch.vectorize(cache_loops[-1])
+    sch.unroll(cache_loops[-2])
+    sch.unroll(c_i)
+    sch.vectorize(w_i)
+    sch.parallel(sch.fuse(*outer))
+    return True
+
+
 def _schedule_plain_loops(sch: s_tir.Schedule, block, vector_lanes: int) -> None:
     """Parallel over everything but the innermost loop, which is vectorized when it divides evenly.
 
@@ -224,7 +270,7 @@ def _schedule_plain_loops(sch: s_tir.Schedule, block, vector_lanes: int) -> None
     axis order, so each stretch of work reads one small contiguous piece of the input: NHWC -> NCHW of a
     112x112x16 map in the output's order read the whole input once per channel (0.29 ms at batch 1)."""
     loops = sch.get_loops(block)
-    if not loops:
+    if not loops or _tile_nhwc_to_nchw(sch, block):
         return
     order = _read_order(sch, block)
     if order is not None and len(loops) > 2:
