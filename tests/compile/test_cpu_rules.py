@@ -286,6 +286,24 @@ def test_small_stems_read_the_nchw_input_at_a_dynamic_batch_too(tiny):
     assert all("conv2d" in n for n, _ in from_input), f"a transpose reads the input: {[n for n, _ in from_input]}"
 
 
+def test_nchw_stems_keep_their_register_tile_small():
+    """A stem reading NCHW keeps its inlined bounds checks and unrolled kernel columns next to the accumulators:
+    on AVX-512 its tile aims for STEM_ACC_TARGET accumulators, not 24 (lite0's 3 -> 32 stem: 14 x 2 ran 1.25x
+    slower than 7 x 2). Convs on the NHWC path keep the full target."""
+    def tile(net):
+        prims = _scheduled_prims(net.eval(), "x86-64-avx512")
+        (stem,) = [f for n, f in prims.items() if "conv2d" in n and "pack" not in n]
+        text = stem.script()
+        cols = int(re.search(r"for x_1_init in T.unroll\((?:T.int64\()?(\d+)", text).group(1))
+        vecs = int(re.search(r"for k_1_init in T.unroll\((?:T.int64\()?(\d+)", text).group(1))
+        return [static_extent(d) for d in stem.params[0].shape], cols * vecs
+
+    shape, acc = tile(nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU6()))
+    assert shape == [1, 3, 56, 56] and 8 <= acc <= 16, (shape, acc)  # 7 x 2 at this width
+    shape, acc = tile(_ResNetStem())  # the NHWC path (7x7 on 64 channels): AVX-512's 24-accumulator target
+    assert shape == [1, 56, 56, 3] and acc >= 24, (shape, acc)
+
+
 @pytest.mark.parametrize("size", [56, 29])
 def test_stems_match_pytorch_on_both_paths(size):
     """Odd input sizes put the padded border on one side only; both stem paths must agree with PyTorch."""
