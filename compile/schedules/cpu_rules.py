@@ -258,7 +258,7 @@ def _tile_nhwc_to_nchw(sch: s_tir.Schedule, block) -> bool:
         outer, tile_loop = [n, h], w_o
     else:
         # channel tiles outside: at a few pixels per image, pixel tiles outside left too few parallel chunks and
-        # each wrote into every channel plane (1x7x7x2048: 0.08 -> 0.03 ms; 8x28x28x512 0.73 of pixels outside)
+        # each wrote into every channel plane (1x7x7x2048: 0.08 -> 0.03 ms; 8x28x28x512: 0.73x the time)
         p_o, w_i = sch.split(sch.fuse(h, w), [None, tw])
         sch.reorder(n, c_o, p_o, c_i, w_i)
         outer, tile_loop = [n, c_o], p_o
@@ -274,7 +274,8 @@ def _tile_nhwc_to_nchw(sch: s_tir.Schedule, block) -> bool:
 
 
 def _schedule_plain_loops(sch: s_tir.Schedule, block, vector_lanes: int) -> None:
-    """Parallel over everything but the innermost loop, which is vectorized when it divides evenly.
+    """Parallel over everything but the innermost loop, which is vectorized when it divides evenly (NHWC -> NCHW
+    transposes go in register tiles instead, _tile_nhwc_to_nchw).
 
     A transpose keeps its output's innermost loop (contiguous writes) and walks the other loops in the input's
     axis order, so each stretch of work reads one small contiguous piece of the input: NHWC -> NCHW of a
