@@ -47,16 +47,14 @@ def theoretical_peak(cpuinfo: str | None = None, cores: int | None = None) -> tu
     """(GFLOP/s, how) from /proc/cpuinfo (or `cpuinfo` text): cores x 2 FMA units x lanes (8 AVX2 / 16 AVX-512)
     x 2 x MHz. AMD Zen 4 (family 25 with AVX-512) runs 512-bit FMAs on its two 256-bit units in two halves, so its
     FMA units are 8 lanes wide even for AVX-512 code."""
-    text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    from compile.targets import cpuinfo_fields
 
-    def field(name: str) -> str:
-        return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith(name)), "")
-
-    flags = field("flags").split()
-    mhz = float(field("cpu MHz") or 0)
+    info = cpuinfo_fields(cpuinfo)
+    flags = info.get("flags", "").split()
+    mhz = float(info.get("cpu MHz") or 0)
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     note = ""
-    if lanes == 16 and field("vendor_id") == "AuthenticAMD" and field("cpu family") == "25":
+    if lanes == 16 and info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25":
         lanes, note = 8, " (Zen 4: AVX-512 on 256-bit FMA units)"
     cores = cores or os.cpu_count() or 1
     peak = cores * 2 * lanes * 2 * mhz / 1e3

@@ -62,20 +62,24 @@ class Preset:
         return "built, not verified here"
 
 
-def _cpu_info() -> tuple[str, frozenset[str]]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "", frozenset()
-    vendor, flags = "", frozenset()
+def cpuinfo_fields(text: str | None = None) -> dict[str, str]:
+    """The first processor's `key: value` fields of /proc/cpuinfo (or of `text`); empty when unreadable."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key == "flags" and not flags:
-            flags = frozenset(value.split())
-    return vendor, flags
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    info = cpuinfo_fields()
+    return info.get("vendor_id", ""), frozenset(info.get("flags", "").split())
 
 
 @lru_cache(maxsize=1)
