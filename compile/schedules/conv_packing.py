@@ -10,7 +10,7 @@ from __future__ import annotations
 from tvm import te, topi
 from tvm.target import Target
 
-from .cpu_rules import (isa_for_channels, pixel_row, static_extent, static_shape, stem_isa, tile_choices,
+from .cpu_rules import (isa_for_channels, pixel_row, static_extent, static_shape, tile_choices, tile_isa,
                         vector_isa)
 
 
@@ -85,7 +85,7 @@ def legalize_conv2d(bb, call):
     pointwise = (not channels_first and wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides)
                  and not any(int(v) for v in a.padding))
     row = pixel_row(height, width, k, isa) if pointwise and height is not None else None
-    _, tk = tile_choices(row or width, k, stem_isa(isa) if channels_first else isa)
+    _, tk = tile_choices(row or width, k, tile_isa(isa, channels_first))
     block = tk * isa.lanes
     wp = bb.emit_te(pack_weight, weight, block, primfunc_name_hint="conv_weight_pack")
     if row:

@@ -42,7 +42,7 @@ STREAM_MIN_TK = 3  # a 1-column streaming tile needs this many channel vectors t
 DEPTHWISE_MAX_COLUMNS = 8  # columns of a depthwise tile on channel-blocked input (blocked_depthwise_tile)
 PIXEL_PAD_MAX = 0.07  # a 1x1 conv's pixels may be padded by this fraction for a better register tile (pixel_row)
 BLOCKED_OUT_MIN_CHANNELS = 256  # blocked outputs this wide take the large-weight loop order (see _schedule_conv)
-STEM_ACC_TARGET = 12  # accumulators a stem tile reading NCHW aims for (stem_isa)
+STEM_ACC_TARGET = 12  # accumulators a stem tile reading NCHW aims for (tile_isa)
 TRANSPOSE_CHANNEL_TILES = (16, 8, 4)  # channels per NHWC -> NCHW tile (_tile_nhwc_to_nchw), first that divides
 TRANSPOSE_ROW_TILE = 8  # pixels per tile along a row whose width it divides ...
 TRANSPOSE_PIXEL_TILES = (7, 14, 16, 8)  # ... else of the fused rows x columns, first that divides
@@ -98,12 +98,15 @@ def isa_for_channels(isa: VectorISA, channels: int) -> VectorISA | None:
     return isa if lanes == isa.lanes else replace(isa, lanes=lanes)
 
 
-def stem_isa(isa: VectorISA) -> VectorISA:
-    """The ISA a stem reading the NCHW input (conv_packing `channels_first`) sizes its tile for: at most
-    STEM_ACC_TARGET accumulators. Its inlined padding and unrolled kernel columns keep 2 tw + 1 broadcast input
+def tile_isa(isa: VectorISA, channels_first: bool) -> VectorISA:
+    """The ISA a regular conv sizes its register tile for; conv_packing (the weight block) and _schedule_conv
+    (the tile) both ask here, so the two agree. A stem reading the NCHW input (`channels_first`) aims for at most
+    STEM_ACC_TARGET accumulators: its inlined padding and unrolled kernel columns keep 2 tw + 1 broadcast input
     values and their bounds checks live next to the accumulators; at AVX-512's 24-accumulator target lite0's
     3 -> 32 stem took 14 x 2 tiles and ran 1.25x slower than with 7 x 2 (batch 8, kernel alone on a Zen 4 VM;
     4 x 2 the same, 2 x 2 slower); mobilenet_v3_large's 3 -> 16 stem: 16 x 1 and 14 x 1 equal, 8 x 1 1.1x slower."""
+    if not channels_first:
+        return isa
     return replace(isa, acc_target=min(isa.acc_target, STEM_ACC_TARGET))
 
 
@@ -438,7 +441,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         tw, tk = depthwise_tile(out_ch, isa)
     else:
         tk = static_extent(packed[0].shape[-1]) // isa.lanes if packed else None
-        tw, tk = tile_choices(width, out_ch, stem_isa(isa) if channels_first else isa, tk)
+        tw, tk = tile_choices(width, out_ch, tile_isa(isa, channels_first), tk)
     n, h, w, f, ry, rx, rc = loops
     f_o, f_k, f_l = sch.split(f, [None, tk, isa.lanes])
     w_o, w_i = sch.split(w, [None, tw])
