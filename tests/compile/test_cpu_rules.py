@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from compile.schedules.cpu_rules import VectorISA, blocked_depthwise_tile, pixel_row, static_extent, tile_choices
+from compile.schedules.cpu_rules import (VectorISA, blocked_depthwise_tile, l1_set_conflicts, pixel_row, static_extent,
+                                         tile_choices)
 
 
 class _Block(nn.Module):
@@ -286,6 +287,14 @@ def test_small_stems_read_the_nchw_input_at_a_dynamic_batch_too(tiny):
     assert all("conv2d" in n for n, _ in from_input), f"a transpose reads the input: {[n for n, _ in from_input]}"
 
 
+def _tile_of(prim) -> tuple[int, int]:
+    """(columns, channel vectors) of a scheduled conv kernel's register tile."""
+    text = prim.script()
+    cols = int(re.search(r"for x_1_init in T.unroll\((?:T.int64\()?(\d+)", text).group(1))
+    vecs = int(re.search(r"for k_1_init in T.unroll\((?:T.int64\()?(\d+)", text).group(1))
+    return cols, vecs
+
+
 def test_nchw_stems_keep_their_register_tile_small():
     """A stem reading NCHW keeps its inlined bounds checks and unrolled kernel columns next to the accumulators:
     on AVX-512 its tile aims for STEM_ACC_TARGET accumulators, not 24 (lite0's 3 -> 32 stem: 14 x 2 ran 1.25x
@@ -293,15 +302,40 @@ def test_nchw_stems_keep_their_register_tile_small():
     def tile(net):
         prims = _scheduled_prims(net.eval(), "x86-64-avx512")
         (stem,) = [f for n, f in prims.items() if "conv2d" in n and "pack" not in n]
-        text = stem.script()
-        cols = int(re.search(r"for x_1_init in T.unroll\((?:T.int64\()?(\d+)", text).group(1))
-        vecs = int(re.search(r"for k_1_init in T.unroll\((?:T.int64\()?(\d+)", text).group(1))
+        cols, vecs = _tile_of(stem)
         return [static_extent(d) for d in stem.params[0].shape], cols * vecs
 
     shape, acc = tile(nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU6()))
     assert shape == [1, 3, 56, 56] and 8 <= acc <= 16, (shape, acc)  # 7 x 2 at this width
     shape, acc = tile(_ResNetStem())  # the NHWC path (7x7 on 64 channels): AVX-512's 24-accumulator target
     assert shape == [1, 56, 56, 3] and acc >= 24, (shape, acc)
+
+
+@pytest.mark.parametrize("c_in, c_out, size, stride, cols", [
+    (1024, 512, 14, 1, 7),  # 4 KB per input pixel: 14 columns would be 14 streams in one 8-way L1 set
+    (512, 1024, 28, 2, 7),  # 2 KB per pixel at stride 2: the same 4 KB apart
+    (256, 512, 14, 1, 14),  # 1 KB apart: 14 columns spread over 4 sets, the 24-accumulator tile stays
+])
+def test_tiles_keep_their_input_streams_out_of_one_l1_set(c_in, c_out, size, stride, cols):
+    """Each reduction step broadcasts one value of every tile column's input pixel; where those pixels lie a multiple
+    of 4 KB apart they share an L1 set, and more columns than its 8 ways evict each other on every step (resnet-conv's
+    1024 -> 512 1x1 at 14x14: 13.8 ms with 14 x 2 tiles, 7.8 with 7 x 2, batch 8 on a Zen 4 VM)."""
+    from compile.cpu_pipeline import schedule_module
+    from compile.targets import get_preset
+    from compile.tuning import export_relax
+    from tvm import tirx
+
+    assert [l1_set_conflicts(14, b) for b in (4096, 8192, 2048, 1024, 4096 + 64)] == [14, 14, 7, 4, 1]
+    avx512 = VectorISA(16, 32, acc_target=24)
+    assert tile_choices(14, 512, avx512, 2, pixel_bytes=4096) == (7, 2)
+    assert tile_choices(14, 512, avx512, 2, pixel_bytes=2048) == (14, 2)
+    assert tile_choices(14, 512, avx512, 2) == (14, 2)  # without a stride (channel-blocked input): no cap
+    net = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.ReLU()).eval()
+    mod, _ = export_relax(net, (1, c_in, size, size), "pw")
+    sched = schedule_module(mod, get_preset("x86-64-avx512").tvm_target())
+    (conv,) = [f for gv, f in sched.functions_items()
+               if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint and "pack" not in gv.name_hint]
+    assert _tile_of(conv) == (cols, 2)
 
 
 @pytest.mark.parametrize("size", [56, 29])
