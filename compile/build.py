@@ -98,9 +98,11 @@ def _module_kinds(mod) -> set[str]:
 
 
 SCHEDULES = ("rules", "tuned", "stock")
+PRECISIONS = ("fp32", "bf16")
 
 
-def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = False, schedule: str = "rules"):
+def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = False, schedule: str = "rules",
+                  precision: str = "fp32"):
     """tvm.compile with the Relax pipeline `schedule` asks for; TVM's own errors pass through.
 
     With a database: the static_shape_tuning pipeline with total_trials=0 and the database as work_dir (the only
@@ -117,16 +119,17 @@ def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = 
     if schedule == "rules" and target.kind.name == "llvm":
         from . import parallel_build
         from .cpu_pipeline import cpu_pipeline
-        return parallel_build.build(mod, target, cpu_pipeline(target))
+        return parallel_build.build(mod, target, cpu_pipeline(target, precision))
     return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 
 
 def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool,
-                     schedule: str = "rules") -> tuple[Any, str | None, str | None]:
+                     schedule: str = "rules", precision: str = "fp32") -> tuple[Any, str | None, str | None]:
     """(executable, name of its params-transform function or None, name of its batch-1 entry or None), checking
     that device code exists."""
     try:
-        ex = compile_relax(mod, preset.tvm_target(), database=database, prepack=prepack, schedule=schedule)
+        ex = compile_relax(mod, preset.tvm_target(), database=database, prepack=prepack, schedule=schedule,
+                           precision=precision)
     except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc
@@ -233,24 +236,26 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                   output: Literal["features", "pooled"] = "features", stages: Sequence[str] | str | None = None,
                   max_batch: int = DEFAULT_MAX_BATCH, photos: int = 3, pretrained: bool = True,
                   force: bool = False, min_cosine: float | None = None, schedule: str = "rules",
-                  log: Log = _stderr) -> BuildResult:
+                  precision: str = "fp32", log: Log = _stderr) -> BuildResult:
     """Compile hub model `name` for preset `target` into artifact directory `out`, verified against PyTorch.
 
-    `min_cosine` defaults to the fp32 bar (0.9999). `schedule`: "rules" (default; compile.cpu_pipeline on CPU
-    presets), "tuned" (a MetaSchedule database from `convhub tune`, --max-batch 1) or "stock" (TVM's default
-    pipeline, no schedules; for comparison). Raises UnknownTargetError, ToolchainMissingError,
+    `min_cosine` defaults to the bar of the precision (fp32 0.9999, bf16 COSINE_MIN_BF16). `schedule`: "rules"
+    (default; compile.cpu_pipeline on CPU presets), "tuned" (a MetaSchedule database from `convhub tune`, --max-batch
+    1) or "stock" (TVM's default pipeline, no schedules; for comparison). `precision` "bf16": convs on bf16-rounded
+    activations and weights with fp32 sums (compile.schedules.bf16; CPUs with AVX512_BF16, schedule "rules"). Raises UnknownTargetError, ToolchainMissingError,
     UnsupportedOpError, BuildError, VerificationError (cosine below the bar on real photos); on any failure
     nothing is left at `out`.
     """
     import hub
     from . import export as export_mod
-    from .verify import COSINE_MIN_FP32, run_parity
+    from .verify import COSINE_MIN_BF16, COSINE_MIN_FP32, run_parity
 
     preset = get_preset(target)  # first: an unknown preset is reported before anything slow
     if max_batch < 1:
         raise CompileError(f"--max-batch must be >= 1, got {max_batch}")
     if schedule not in SCHEDULES:
         raise CompileError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    _check_precision(precision, preset, schedule)
     if output not in ("features", "pooled"):
         raise CompileError(f"--output must be 'features' or 'pooled', got {output!r}")
     out = Path(out)
@@ -285,7 +290,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
            "tuned": f"tuned: {database}", "stock": "TVM default pipeline, no schedules"}[schedule]
     with _step(log, timings, "build", f"tvm.compile for {preset.name} ({how})"):
         ex, params_transform, batch1 = build_executable(mod, preset, database=database, prepack=prepack,
-                                                        schedule=schedule)
+                                                        schedule=schedule, precision=precision)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -299,11 +304,12 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                              input_shape=input_shape, preprocess=pre, out_names=out_names, out_shapes=out_shapes,
                              param_names=param_names, database=database, params_transform=params_transform,
                              batch1_entry=batch1,
-                             schedule=schedule)
+                             schedule=schedule, precision=precision)
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):
+            bar = {"fp32": COSINE_MIN_FP32, "bf16": COSINE_MIN_BF16}[precision]
             report = run_parity(tmp, manifest, module, photos=photos, log=log,
-                                min_cosine=COSINE_MIN_FP32 if min_cosine is None else min_cosine)
+                                min_cosine=bar if min_cosine is None else min_cosine)
         log(report.format())
         if report.status == "failed":
             raise VerificationError(f"{entry.name} for {preset.name} does not match PyTorch: {report.reason} "
@@ -323,10 +329,25 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
     return BuildResult(out, manifest)
 
 
+def _check_precision(precision: str, preset: Preset, schedule: str) -> None:
+    """Refuse a precision the preset cannot run before anything slow."""
+    if precision not in PRECISIONS:
+        raise CompileError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return
+    from .schedules.bf16 import BF16_MCPUS, supports_bf16
+    if preset.device != "cpu" or schedule != "rules" or not supports_bf16(preset.tvm_target()):
+        raise CompileError(
+            f"--precision bf16 needs an x86 CPU preset with AVX512_BF16 (LLVM mcpu {', '.join(BF16_MCPUS)}, or "
+            f"+avx512bf16 in mattr) and --schedule rules; {preset.name} targets {preset.target} with --schedule "
+            f"{schedule}. On this machine: `convhub targets` shows what the host preset detected.")
+
+
 def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: str, single: bool, pretrained: bool,
               max_batch: int, input_shape: tuple[int, int, int], preprocess, out_names: list[str],
               out_shapes: list[list[int | str]], param_names: list[str], database: Path | None,
-              params_transform: str | None, batch1_entry: str | None, schedule: str) -> dict[str, Any]:
+              params_transform: str | None, batch1_entry: str | None, schedule: str,
+              precision: str = "fp32") -> dict[str, Any]:
     from .export import BATCH
     return {
         "format": FORMAT,
@@ -351,6 +372,8 @@ def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: s
         "params_transform": params_transform,
         "batch1_entry": batch1_entry,  # main with the batch bound to 1, run for single images (compile.artifact)
         "tuning": {"schedule": schedule, "database": str(database) if database else None},
+        # bf16: conv inputs and weights rounded to bfloat16, sums and everything else fp32 (compile.schedules.bf16)
+        "precision": precision,
         "build": {"tvm_version": version("apache-tvm"), "tvm_ffi_version": version("apache-tvm-ffi"),
                   "torch_version": version("torch"), "convhub_version": _convhub_version(),
                   "host": f"{platform.system()} {platform.machine()}", "timings_s": {}},

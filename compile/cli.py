@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .build import DEFAULT_MAX_BATCH, SCHEDULES
+from .build import DEFAULT_MAX_BATCH, PRECISIONS, SCHEDULES
 from .errors import VerificationError
 
 
@@ -15,7 +15,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     try:
         result = compile_model(args.name, target=args.target, out=args.out, output=args.output,
                                stages=args.stages or None, max_batch=args.max_batch, photos=args.photos,
-                               pretrained=not args.random_weights, force=args.force, schedule=args.schedule)
+                               pretrained=not args.random_weights, force=args.force, schedule=args.schedule,
+                               precision=args.precision)
     except VerificationError as exc:  # the job ran and failed: exit 1, not a usage error
         print(f"convhub: compile failed: {exc}")
         return 1
@@ -49,6 +50,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default="rules",
                    help="rules: convhub's CPU schedule rules, no tuning (default); tuned: the MetaSchedule "
                         "database from `convhub tune` (needs --max-batch 1); stock: TVM's default pipeline")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), or bf16: convs on bfloat16-rounded activations and weights with fp32 sums "
+                        "(x86 CPUs with AVX512_BF16; verified at cosine >= 0.99 and, where the checkpoint has its "
+                        "classifier, top-1 agreement with fp32 reported)")
     p.set_defaults(func=cmd_compile)
 
     t = sub.add_parser("targets", help="list the compile target presets and how each is verified here")

@@ -206,8 +206,10 @@ def schedule_rules():
     return [conv_nhwc, injective, channels_last_pool, dlight.cpu.Reduction()]
 
 
-def scheduling_passes(target: "tvm.target.Target") -> list:
-    """Steps 1-4: from the imported Relax module to fused, scheduled PrimFuncs (before lowering)."""
+def scheduling_passes(target: "tvm.target.Target", precision: str = "fp32") -> list:
+    """Steps 1-4: from the imported Relax module to fused, scheduled PrimFuncs (before lowering). `precision`
+    "bf16": regular convs compute on bf16-rounded inputs and weights (compile.schedules.bf16)."""
+    from functools import partial
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.s_tir import dlight
     from .schedules.channel_blocks import block_channels
@@ -222,7 +224,8 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
         _stem_reads_nchw(),
         *cpu.library_dispatch_passes(target),
         _fold_constants_numpy(),
-        relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": legalize_conv2d}),
+        relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": partial(legalize_conv2d,
+                                                                                         precision=precision)}),
         relax.transform.LiftTransformParams(shared_transform=True),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -233,20 +236,20 @@ def scheduling_passes(target: "tvm.target.Target") -> list:
     ]
 
 
-def schedule_module(mod: "tvm.IRModule", target: "tvm.target.Target") -> "tvm.IRModule":
+def schedule_module(mod: "tvm.IRModule", target: "tvm.target.Target", precision: str = "fp32") -> "tvm.IRModule":
     """The scheduled module, for inspection (which kernels got which schedule) and per-kernel timing."""
     with target:
-        return tvm.transform.Sequential(scheduling_passes(target))(mod)
+        return tvm.transform.Sequential(scheduling_passes(target, precision))(mod)
 
 
-def cpu_pipeline(target: "tvm.target.Target") -> tvm.transform.Pass:
+def cpu_pipeline(target: "tvm.target.Target", precision: str = "fp32") -> tvm.transform.Pass:
     """Relax pipeline for llvm targets (x86 and aarch64); use as tvm.compile(..., relax_pipeline=...)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0, name="ConvhubCPUPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            return tvm.transform.Sequential([*scheduling_passes(target), *cpu.dataflow_lower_passes(target),
+            return tvm.transform.Sequential([*scheduling_passes(target, precision), *cpu.dataflow_lower_passes(target),
                                              *cpu.finalize_passes(target)])(mod)
 
     return _pipeline

@@ -15,6 +15,7 @@ from .errors import VerificationError
 from .targets import gpu_present, missing_cpu_flags
 
 COSINE_MIN_FP32 = 0.9999
+COSINE_MIN_BF16 = 0.99  # bf16 conv inputs and weights (compile.schedules.bf16): 8 mantissa bits per value
 DEFAULT_PHOTOS = 3
 
 Status = Literal["passed", "failed", "built, not verified here"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from tvm import te, topi
 from tvm.target import Target
 
+from .bf16 import EXTERN, from_bf16_bits, pack_weight_bf16, round_to_bf16
 from .cpu_rules import (isa_for_channels, pixel_row, static_extent, static_shape, tile_choices, tile_isa,
                         vector_isa)
 
@@ -24,12 +25,15 @@ def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
 def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilation,
                        channels_first: bool = False) -> te.Tensor:
     """conv2d writing NHWC against packed weights; the block is named like TOPI's so the schedule rule finds it.
-    `channels_first`: the input is NCHW (a stem reading the model's input, compile.cpu_pipeline._stem_reads_nchw)."""
+    `channels_first`: the input is NCHW (a stem reading the model's input, compile.cpu_pipeline._stem_reads_nchw).
+    6-D `wp` (compile.schedules.bf16.pack_weight_bf16): `data` holds bf16 bits, the input channels are reduced in
+    pairs (an innermost reduction of 2, the VDPBF16PS step) and the sum is fp32."""
     if channels_first:
         n, c, h, w = data.shape
     else:
         n, h, w, c = data.shape
-    ko, kh, kw, _, block = wp.shape
+    bf16 = len(wp.shape) == 6
+    ko, kh, kw, _, block = wp.shape[:5]
     sh, sw = (int(v) for v in strides)
     dh, dw = (int(v) for v in dilation)
     pt, pl, pb, pr = (int(v) for v in padding)
@@ -40,11 +44,19 @@ def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilatio
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
-    rc = te.reduce_axis((0, c), name="rc")
 
     def pixel(b, y, x, ci):
         return data[b, ci, y, x] if channels_first else data[b, y, x, ci]
 
+    if bf16:
+        rc, rj = te.reduce_axis((0, c // 2), name="rc"), te.reduce_axis((0, 2), name="rj")
+        return te.compute(
+            (n, oh, ow, ko * block),
+            lambda b, y, x, k: te.sum(from_bf16_bits(pixel(b, y * sh + ry * dh, x * sw + rx * dw, rc * 2 + rj))
+                                      * from_bf16_bits(wp[k // block, ry, rx, rc, k % block, rj]),
+                                      axis=[ry, rx, rc, rj]),
+            name="conv2d_nhwc")
+    rc = te.reduce_axis((0, c), name="rc")
     return te.compute(
         (n, oh, ow, ko * block),
         lambda b, y, x, k: te.sum(pixel(b, y * sh + ry * dh, x * sw + rx * dw, rc)
@@ -64,8 +76,10 @@ def conv2d_pixels_packed(data: te.Tensor, wp: te.Tensor, row: int) -> te.Tensor:
     return te.compute((n, h, w, out.shape[3]), lambda b, y, x, k: out[b, 0, y * w + x, k], name="pixel_rows")
 
 
-def legalize_conv2d(bb, call):
-    """Regular fp32 NHWC/HWIO convs with static weight/width shapes -> pack + packed conv; others -> TOPI."""
+def legalize_conv2d(bb, call, precision: str = "fp32"):
+    """Regular fp32 NHWC/HWIO convs with static weight/width shapes -> pack + packed conv; others -> TOPI.
+    `precision` "bf16": such convs on NHWC input with an even channel count read their input rounded to bf16
+    (compile.schedules.bf16) against bf16 weights; the stems reading NCHW (3 channels) stay fp32."""
     import tvm
     a = call.attrs
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
@@ -87,7 +101,11 @@ def legalize_conv2d(bb, call):
     row = pixel_row(height, width, k, isa) if pointwise and height is not None else None
     _, tk = tile_choices(row or width, k, tile_isa(isa, channels_first))
     block = tk * isa.lanes
-    wp = bb.emit_te(pack_weight, weight, block, primfunc_name_hint="conv_weight_pack")
+    if precision == "bf16" and not channels_first and wshape[2] % 2 == 0 and isa.lanes in EXTERN:
+        data = bb.emit_te(round_to_bf16, data, primfunc_name_hint="bf16_bits")
+        wp = bb.emit_te(pack_weight_bf16, weight, block, primfunc_name_hint="conv_weight_pack_bf16")
+    else:
+        wp = bb.emit_te(pack_weight, weight, block, primfunc_name_hint="conv_weight_pack")
     if row:
         return bb.call_te(conv2d_pixels_packed, data, wp, row, primfunc_name_hint="conv2d")
     return bb.call_te(conv2d_nhwc_packed, data, wp, a.strides, a.padding, a.dilation, channels_first,

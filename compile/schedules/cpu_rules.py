@@ -429,8 +429,10 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     ci = convs[0]
     conv = blocks[ci]
     loops = sch.get_loops(conv)
-    if len(loops) != 7:
+    # 8 loops: a bf16 conv (compile.schedules.bf16), its input channels reduced in pairs by the innermost loop
+    if len(loops) not in (7, 8):
         return None
+    pairs = len(loops) == 8
     width, out_ch = _extent(sch, loops[2]), _extent(sch, loops[3])
     isa = isa_for_channels(vector_isa(target), out_ch) if out_ch is not None else None
     if width is None or isa is None:
@@ -442,7 +444,8 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # a 1x1 conv legalized over the pixels of an image as one row (compile.schedules.conv_packing)
     one_row = not depthwise and _extent(sch, loops[1]) == 1
     # a stem reading the model's NCHW input (compile.cpu_pipeline._stem_reads_nchw): padding inlined, like depthwise
-    channels_first = not depthwise and _channels_first(sch.get(conv).reads[0].source, _extent(sch, loops[6]))
+    channels_first = (not depthwise and not pairs
+                      and _channels_first(sch.get(conv).reads[0].source, _extent(sch, loops[6])))
     for b in blocks[:ci]:
         if _is_copy(sch, b) or depthwise or channels_first:
             sch.compute_inline(b)
@@ -462,18 +465,20 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     data = reads[0]  # the activation input (the compute's first operand)
     blocked_input = len(data.shape) == 5
     blocked_output = len(func.params[-1].shape) == 5  # written for the next kernel (channel_blocks)
-    packed = [b for b in reads[1:] if len(b.shape) == 5]
+    packed = [b for b in reads[1:] if len(b.shape) in (5, 6)]
     if blocked_input and depthwise:
         tw, tk = blocked_depthwise_tile(width, isa)
     elif depthwise and streaming:
         tw, tk = depthwise_tile(out_ch, isa)
     else:
-        tk = static_extent(packed[0].shape[-1]) // isa.lanes if packed else None
+        tk = static_extent(packed[0].shape[4]) // isa.lanes if packed else None
         pixel_bytes = None if blocked_input or channels_first else _pixel_bytes(data, width, _extent(sch, loops[5]))
         tw, tk = tile_choices(width, out_ch, tile_isa(isa, channels_first), tk, pixel_bytes)
-    n, h, w, f, ry, rx, rc = loops
+    n, h, w, f, ry, rx, rc = loops[:7]
     f_o, f_k, f_l = sch.split(f, [None, tk, isa.lanes])
     w_o, w_i = sch.split(w, [None, tw])
+    # the register tile's loops; a bf16 conv's channel pair goes inside the vector lanes (one VDPBF16PS)
+    tile = [w_i, f_k, f_l, loops[7]] if pairs else [w_i, f_k, f_l]
     # Loop order by weight size. Small weights (depthwise, early 1x1 convs): rows, column tiles, then every
     # channel block, so a tile reads and writes whole pixels (contiguous memory) while all the weights stay in
     # L1/L2. In the VM run this was 1.5-4x faster on the 56x56-112x112 layers than channel blocks outside rows,
@@ -481,7 +486,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
     # 1.54 -> 1.25 in benchmarks/tvm_cpu.py with the depthwise unroll below). Large weights keep channel blocks
     # outside rows: one block's weights then stay in L2 for every row (rows outside re-streamed all weights per
     # row: 7x7x512 3x3 went from 12 to 30 GFLOP/s that way).
-    weight_bytes = 4 * out_ch * _extent(sch, ry) * _extent(sch, rx) * _extent(sch, rc)
+    weight_bytes = 4 * out_ch * _extent(sch, ry) * _extent(sch, rx) * _extent(sch, rc)  # bf16: rc is C / 2
     # A wide output in channel blocks is written block by block even with small weights: a tile walking every block
     # of a few pixels writes into 32+ planes at once (resnet-conv's 56x56 64 -> 256 convs: 2.5-2.8x ORT that way;
     # block by block resnet-conv batch 8 0.952 / 0.964, batch 1 0.994, mobilenet_v3_large batch 8 0.984).
@@ -492,25 +497,25 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         red = list(sch.split(rc, [None, static_extent(data.shape[-1])]))
     if blocked_input and depthwise:
         # one channel block's rows are contiguous planes: walk a row of one block, then the next block
-        sch.reorder(n, h, f_o, w_o, ry, rx, *red, w_i, f_k, f_l)
+        sch.reorder(n, h, f_o, w_o, ry, rx, *red, *tile)
         tile_loop = w_o
     elif small_weights and channels_first:
         # input channels are planes apart in NCHW: each kernel row walks one plane's columns (unrolled below)
-        sch.reorder(n, h, w_o, f_o, ry, rc, rx, w_i, f_k, f_l)
+        sch.reorder(n, h, w_o, f_o, ry, rc, rx, *tile)
         tile_loop = f_o
     elif small_weights:
-        sch.reorder(n, h, w_o, f_o, ry, rx, *red, w_i, f_k, f_l)
+        sch.reorder(n, h, w_o, f_o, ry, rx, *red, *tile)
         tile_loop = f_o
     elif _image_bytes(data) * BATCH_FOR_ORDER > L2_BYTES:
         # images outside the channel blocks: each image's input is read once per block from L2 and the weights
         # once per image. (Blocks outside the batch re-read a batch's input from L3 for every block: lite0's
         # 7x7 and 14x14 1x1 convs at batch 8 took 1.4-1.7x ORT's time. Splitting the batch into chunks that fit
         # L2 needs a tail at a dynamic batch, and the tail's predicate blew the register tile up to the batch.)
-        sch.reorder(n, f_o, h, w_o, ry, rx, *red, w_i, f_k, f_l)
+        sch.reorder(n, f_o, h, w_o, ry, rx, *red, *tile)
         tile_loop = w_o
     else:
         # batch inside the channel blocks: a block's weights are read once for all images of a batch
-        sch.reorder(f_o, n, h, w_o, ry, rx, *red, w_i, f_k, f_l)
+        sch.reorder(f_o, n, h, w_o, ry, rx, *red, *tile)
         tile_loop = w_o
     acc = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(acc, tile_loop, preserve_unit_loops=True)
@@ -521,8 +526,10 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         _, e_v = sch.split(sch.get_loops(epilogue[-1])[-1], [None, isa.lanes])
         sch.vectorize(e_v)
     # one row of pixels: too few parallel chunks unless the tile loop joins them
-    sch.parallel(sch.fuse(*sch.get_loops(conv)[:3 + (one_row and tile_loop == w_o)]))
-    sch.vectorize(f_l)
+    parallel = sch.fuse(*sch.get_loops(conv)[:3 + (one_row and tile_loop == w_o)])
+    sch.parallel(parallel)
+    if not pairs:
+        sch.vectorize(f_l)
     # Only the register tile is unrolled: unrolling the reduction too lets LLVM hoist broadcasts across it,
     # and the extra live values spill the accumulators (measured 3-6x slower in the NCHWc experiment).
     sch.unroll(f_k)
@@ -543,6 +550,10 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         sch.vectorize(f_v)
         for lp in sch.get_loops(blk)[-own - 1:-1]:
             sch.unroll(lp)
+    if pairs:
+        from .bf16 import LLVM_IR, dot_intrin
+        sch.tensorize(f_l, dot_intrin(isa.lanes))
+        sch.annotate(parallel, "pragma_import_llvm", LLVM_IR)  # the intrinsic's LLVM helper, linked once per kernel
     return sch
 
 

@@ -1,0 +1,117 @@
+"""bf16 convs on AVX512_BF16: activations and weights rounded to bfloat16, products summed in fp32 by VDPBF16PS.
+
+One VDPBF16PS multiplies 16 pairs of bf16 values and adds each pair's sum into an fp32 lane: twice the multiply-adds
+of an fp32 FMA per instruction (Zen 4, Sapphire Rapids), and half the bytes per activation and weight. The conv
+keeps the fp32 register tile of compile.schedules.cpu_rules (tw columns x tk vectors, the whole reduction in
+registers); only its innermost step changes: the input channels go in pairs, one 32-bit broadcast of a pixel's
+two bf16 channels against one vector of 16 output channels x 2 input channels of packed weights.
+
+Storage: bf16 tensors are uint16 tensors holding the bf16 bits (round to nearest even), so TVM's bf16 legalization
+passes (which would widen every bf16 value to fp32) leave them alone. The producer of a conv input writes those
+bits in its epilogue; the weights are packed to (K/P, kh, kw, C/2, P, 2) once, in `transform_params`.
+
+LLVM 22 declares the intrinsic over `<32 x bfloat>`, a type TVM's codegen does not emit; the kernels call a
+three-line LLVM function (`LLVM_IR`) that bitcasts the i32 vectors and calls the intrinsic, linked into each
+kernel's module with TVM's `pragma_import_llvm` and inlined (always_inline) by LLVM.
+"""
+from __future__ import annotations
+
+from tvm import te, tirx
+
+EXTERN = {16: "convhub_dpbf16ps_512", 8: "convhub_dpbf16ps_256"}  # fp32 lanes -> the LLVM helper
+LLVM_IR = r"""
+define internal <16 x float> @convhub_dpbf16ps_512(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) #0 {
+  %x = bitcast <16 x i32> %a to <32 x bfloat>
+  %y = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %x, <32 x bfloat> %y)
+  ret <16 x float> %r
+}
+define internal <8 x float> @convhub_dpbf16ps_256(<8 x float> %acc, <8 x i32> %a, <8 x i32> %b) #0 {
+  %x = bitcast <8 x i32> %a to <16 x bfloat>
+  %y = bitcast <8 x i32> %b to <16 x bfloat>
+  %r = call <8 x float> @llvm.x86.avx512bf16.dpbf16ps.256(<8 x float> %acc, <16 x bfloat> %x, <16 x bfloat> %y)
+  ret <8 x float> %r
+}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+declare <8 x float> @llvm.x86.avx512bf16.dpbf16ps.256(<8 x float>, <16 x bfloat>, <16 x bfloat>)
+attributes #0 = { alwaysinline }
+"""
+# x86 CPUs with AVX512_BF16 (LLVM -mcpu names); other targets get the feature from -mattr=+avx512bf16
+BF16_MCPUS = ("cooperlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "znver4",
+              "znver5", "diamondrapids")
+
+
+def supports_bf16(target) -> bool:
+    """Whether an llvm target has AVX512_BF16 (its -mcpu, or +avx512bf16 in -mattr)."""
+    attrs = target.attrs
+    mcpu = str(attrs.get("mcpu", "") or "")
+    mattr = [str(a) for a in (attrs.get("mattr", None) or [])]
+    return target.kind.name == "llvm" and (mcpu in BF16_MCPUS or "+avx512bf16" in mattr)
+
+
+def to_bf16_bits(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """fp32 -> the uint16 bits of the nearest bfloat16 (ties to even)."""
+    u = tirx.reinterpret("uint32", x)
+    one, half = tirx.const(1, "uint32"), tirx.const(0x7FFF, "uint32")
+    return tirx.Cast("uint16", (u + half + ((u >> tirx.const(16, "uint32")) & one)) >> tirx.const(16, "uint32"))
+
+
+def from_bf16_bits(b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """uint16 bf16 bits -> fp32 (exact)."""
+    return tirx.reinterpret("float32", tirx.Cast("uint32", b) << tirx.const(16, "uint32"))
+
+
+def round_to_bf16(data: te.Tensor) -> te.Tensor:
+    """An fp32 tensor as bf16 bits (uint16), elementwise: fused into its producer's epilogue by FuseOps."""
+    return te.compute(data.shape, lambda *i: to_bf16_bits(data(*i)), name="bf16_bits")
+
+
+def pack_weight_bf16(weight: te.Tensor, block: int) -> te.Tensor:
+    """HWIO fp32 -> (K // block, kh, kw, C // 2, block, 2) bf16 bits: for each pair of input channels, the
+    block's output channels with the pair interleaved, as one VDPBF16PS operand."""
+    kh, kw, c, k = weight.shape
+    return te.compute((k // block, kh, kw, c // 2, block, 2),
+                      lambda o, r, s, c2, i, j: to_bf16_bits(weight[r, s, c2 * 2 + j, o * block + i]),
+                      name="conv_weight_pack_bf16")
+
+
+_REGISTERED: set[int] = set()
+
+
+def dot_intrin(lanes: int) -> str:
+    """The name of the tensor intrinsic C[lanes] += sum_j A[j] * B[lanes, j] (j < 2, bf16 bits in, fp32 out),
+    registered on first use (TVMScript parsing is slow once torch is imported)."""
+    name = f"convhub_dpbf16_{lanes}x2"
+    if lanes in _REGISTERED:
+        return name
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    extern, vec = EXTERN[lanes], f"float32x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((2,), "uint16", offset_factor=1), b: T.Buffer((lanes, 2), "uint16", offset_factor=1),
+             c: T.Buffer((lanes,), "float32", offset_factor=1, scope="local")):
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:2], b[0:lanes, 0:2])
+            T.writes(c[0:lanes])
+            for i, k in T.grid(lanes, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.reinterpret("float32", T.shift_left(T.Cast("uint32", a[vk]), T.uint32(16))) \
+                        * T.reinterpret("float32", T.shift_left(T.Cast("uint32", b[vi, vk]), T.uint32(16)))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((2,), "uint16", offset_factor=1), b: T.Buffer((lanes, 2), "uint16", offset_factor=1),
+             c: T.Buffer((lanes,), "float32", offset_factor=1, scope="local")):
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:2], b[0:lanes, 0:2])
+            T.writes(c[0:lanes])
+            c[T.ramp(0, 1, lanes)] = T.call_pure_extern(
+                vec, extern, c.vload([0], vec),
+                T.broadcast(T.reinterpret("int32", a.vload([0], "uint16x2")), lanes),
+                T.reinterpret(f"int32x{lanes}", b.vload([0, 0], f"uint16x{2 * lanes}")))
+
+    TensorIntrin.register(name, desc, impl)
+    _REGISTERED.add(lanes)
+    return name
