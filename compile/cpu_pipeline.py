@@ -198,6 +198,29 @@ def _batch_one_entry() -> tvm.transform.Pass:
     return _pass
 
 
+def _legalize(precision: str) -> tvm.transform.Pass:
+    """LegalizeOps with our conv2d legalization; under "bf16" the convs that compile.schedules.bf16.activated_convs
+    picks (per Relax function, before legalization) read bf16 inputs and weights."""
+    from .schedules.bf16 import activated_convs
+    from .schedules.conv_packing import legalize_conv2d
+
+    @tvm.transform.module_pass(opt_level=0, name="ConvhubLegalize")
+    def _pass(mod, _ctx):
+        chosen = []
+        if precision == "bf16":
+            for _, func in mod.functions_items():
+                if isinstance(func, relax.Function):
+                    chosen += activated_convs(func)
+
+        def conv2d(bb, call):
+            bf16 = any(call.same_as(c) or (call.args[0].same_as(c.args[0]) and call.args[1].same_as(c.args[1]))
+                       for c in chosen)
+            return legalize_conv2d(bb, call, "bf16" if bf16 else "fp32")
+        return relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": conv2d})(mod)
+
+    return _pass
+
+
 def schedule_rules():
     """Our rules first; dlight's CPU reduction rule for other reductions."""
     from tvm.s_tir import dlight
@@ -209,11 +232,9 @@ def schedule_rules():
 def scheduling_passes(target: "tvm.target.Target", precision: str = "fp32") -> list:
     """Steps 1-4: from the imported Relax module to fused, scheduled PrimFuncs (before lowering). `precision`
     "bf16": regular convs compute on bf16-rounded inputs and weights (compile.schedules.bf16)."""
-    from functools import partial
     from tvm.relax.backend.cpu_generic import pipeline as cpu
     from tvm.s_tir import dlight
     from .schedules.channel_blocks import block_channels
-    from .schedules.conv_packing import legalize_conv2d
     from .schedules.cpu_rules import vector_isa
     return [
         _batch_one_entry(),
@@ -224,8 +245,7 @@ def scheduling_passes(target: "tvm.target.Target", precision: str = "fp32") -> l
         _stem_reads_nchw(),
         *cpu.library_dispatch_passes(target),
         _fold_constants_numpy(),
-        relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": partial(legalize_conv2d,
-                                                                                         precision=precision)}),
+        _legalize(precision),
         relax.transform.LiftTransformParams(shared_transform=True),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

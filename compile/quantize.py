@@ -1,5 +1,5 @@
-"""What a quantized edge file costs: drift against fp32 PyTorch and, where the checkpoint carries its
-ImageNet classifier, the top-1 agreement of that classifier between fp32 and the quantized file."""
+"""What a quantized edge file or a bf16 artifact costs: drift against fp32 PyTorch and, where the checkpoint carries
+its ImageNet classifier, the top-1 agreement of that classifier between fp32 and the reduced-precision run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,3 +57,28 @@ def top1_agreement(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
     if a is None or b is None:
         return None
     return float((head.top1(a) == head.top1(b)).mean())
+
+
+VIEW_CROPS = ((0.0, 0.0, 1.0), (0.0, 0.0, 0.75), (0.25, 0.0, 0.75), (0.0, 0.25, 0.75), (0.25, 0.25, 0.75),
+              (0.2, 0.2, 0.6))  # (left, top, side) as fractions of the image: whole, four corners, centre
+
+
+def photo_views(model_name: str) -> tuple[list[str], np.ndarray]:
+    """Every real photo the installed packages ship (hub.samples.all_photos), each as VIEW_CROPS crops and their
+    mirror images, preprocessed for `model_name`: (names, float32 (N, 3, S, S)). ~20 photos x 12 views: enough
+    images that a top-1 agreement of 99 % means something, all of them real photographs."""
+    from PIL import ImageOps
+
+    from hub.api import transforms
+    from hub.samples import all_photos
+    tf = transforms(model_name)
+    names, arrays = [], []
+    for photo in all_photos():
+        img = photo.open()
+        w, h = img.size
+        for left, top, side in VIEW_CROPS:
+            crop = img.crop((int(left * w), int(top * h), int((left + side) * w), int((top + side) * h)))
+            for mirror in (False, True):
+                names.append(f"{photo.name}[{left},{top},{side}{',mirror' if mirror else ''}]")
+                arrays.append(tf(ImageOps.mirror(crop) if mirror else crop).numpy())
+    return names, np.stack(arrays)

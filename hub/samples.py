@@ -37,6 +37,12 @@ _PHOTOS = [
 ]
 
 
+# the other photographs in scikit-image's data folder (no single ImageNet class): inputs for agreement checks
+_UNLABELLED = ["brick.png", "cell.png", "clock_motion.png", "coins.png", "grass.png", "gravel.png",
+               "hubble_deep_field.jpg", "ihc.png", "microaneurysms.png", "moon.png", "motorcycle_right.png",
+               "page.png", "retina.jpg"]
+
+
 def data_dir() -> Path:
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
@@ -49,3 +55,18 @@ def sample_photos(*, labelled_only: bool = False) -> list[Photo]:
     base = data_dir()
     photos = [Photo(n, base / f, frozenset(e), d) for n, f, e, d in _PHOTOS if (base / f).is_file()]
     return [p for p in photos if p.expected] if labelled_only else photos
+
+
+def all_photos() -> list[Photo]:
+    """Every real photograph the installed packages ship: scikit-image's (labelled ones first) and matplotlib's
+    sample portrait when matplotlib is installed. For measuring agreement between two runs of a model, where no
+    labels are needed."""
+    base = data_dir()
+    photos = sample_photos() + [Photo(Path(f).stem, base / f, frozenset(), "scikit-image sample photo")
+                                for f in _UNLABELLED if (base / f).is_file()]
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.submodule_search_locations:
+        hopper = Path(list(spec.submodule_search_locations)[0]) / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+        if hopper.is_file():
+            photos.append(Photo("grace_hopper", hopper, frozenset(), "a portrait (matplotlib sample data)"))
+    return photos

