@@ -239,7 +239,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                   precision: str = "fp32", log: Log = _stderr) -> BuildResult:
     """Compile hub model `name` for preset `target` into artifact directory `out`, verified against PyTorch.
 
-    `min_cosine` defaults to the bar of the precision (fp32 0.9999, bf16 COSINE_MIN_BF16). `schedule`: "rules"
+    `min_cosine` defaults to the bar of the precision (compile.verify.cosine_bar: fp32 0.9999, bf16 0.999). `schedule`: "rules"
     (default; compile.cpu_pipeline on CPU presets), "tuned" (a MetaSchedule database from `convhub tune`, --max-batch
     1) or "stock" (TVM's default pipeline, no schedules; for comparison). `precision` "bf16": convs on bf16-rounded
     activations and weights with fp32 sums (compile.schedules.bf16; CPUs with AVX512_BF16, schedule "rules"). Raises UnknownTargetError, ToolchainMissingError,
@@ -248,7 +248,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
     """
     import hub
     from . import export as export_mod
-    from .verify import COSINE_MIN_BF16, COSINE_MIN_FP32, run_parity
+    from .verify import run_parity
 
     preset = get_preset(target)  # first: an unknown preset is reported before anything slow
     if max_batch < 1:
@@ -307,9 +307,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                              schedule=schedule, precision=precision)
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):
-            bar = {"fp32": COSINE_MIN_FP32, "bf16": COSINE_MIN_BF16}[precision]
-            report = run_parity(tmp, manifest, module, photos=photos, log=log,
-                                min_cosine=bar if min_cosine is None else min_cosine)
+            report = run_parity(tmp, manifest, module, photos=photos, log=log, min_cosine=min_cosine)
         log(report.format())
         if report.status == "failed":
             raise VerificationError(f"{entry.name} for {preset.name} does not match PyTorch: {report.reason} "

@@ -15,7 +15,8 @@ from .errors import VerificationError
 from .targets import gpu_present, missing_cpu_flags
 
 COSINE_MIN_FP32 = 0.9999
-COSINE_MIN_BF16 = 0.99  # bf16 conv inputs and weights (compile.schedules.bf16): 8 mantissa bits per value
+COSINE_MIN_BF16 = 0.999  # bf16 conv inputs and weights (compile.schedules.bf16): 8 mantissa bits per value
+AGREEMENT_MIN_BF16 = 0.99  # top-1 agreement of the checkpoint's classifier with fp32 PyTorch (compile.quantize)
 DEFAULT_PHOTOS = 3
 
 Status = Literal["passed", "failed", "built, not verified here"]
@@ -33,6 +34,10 @@ class VerificationReport:
     outputs: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> cosine, max_abs_error, ref_max_abs
     ms_per_batch: dict[str, float] = field(default_factory=dict)  # "batch N" -> ms (under qemu: emulated time)
     reason: str = ""
+    # reduced precision with a classifier in the checkpoint: its top-1 agreement with fp32 PyTorch over
+    # `agreement_images` views of real photos (compile.quantize.photo_views)
+    top1_agreement: float | None = None
+    agreement_images: int = 0
 
     @property
     def ok(self) -> bool:
@@ -59,6 +64,10 @@ class VerificationReport:
                 mark = "ok" if f["cosine"] >= self.threshold else "FAIL"
                 lines.append(f"  {name:<12} cosine {f['cosine']:.7f}  max abs error {f['max_abs_error']:.3g}  "
                              f"(|ref| max {f['ref_max_abs']:.3g})  {mark}")
+        if self.top1_agreement is not None:
+            mark = "ok" if self.top1_agreement >= AGREEMENT_MIN_BF16 else "FAIL"
+            lines.append(f"  classifier top-1 agreement with fp32 {self.top1_agreement:.2%} over {self.agreement_images}"
+                         f" views of real photos (must be >= {AGREEMENT_MIN_BF16:.0%})  {mark}")
         for k, v in self.ms_per_batch.items():
             lines.append(f"  {k}: {v:.1f} ms" + (" (emulated)" if self.method.startswith("qemu") else ""))
         return "\n".join(lines)
@@ -141,10 +150,41 @@ def how_to_verify(manifest: dict[str, Any]) -> tuple[str, str]:
     return "", f"no {t['device']} device of this kind here; run the device-side check in DEPLOY.md"
 
 
+def cosine_bar(manifest: dict[str, Any]) -> float:
+    """The cosine an artifact must reach: COSINE_MIN_BF16 for --precision bf16 builds, else COSINE_MIN_FP32."""
+    return COSINE_MIN_BF16 if manifest.get("precision", "fp32") == "bf16" else COSINE_MIN_FP32
+
+
+def classifier_agreement(art: CompiledArtifact, manifest: dict[str, Any], module: torch.nn.Module
+                         ) -> tuple[float, int] | None:
+    """(top-1 agreement of the checkpoint's classifier between PyTorch fp32 and the artifact, images) over every
+    view of the real photos (compile.quantize.photo_views); None without a classifier or pretrained weights."""
+    from .quantize import classifier_head, head_input, photo_views
+    if not manifest["model"].get("pretrained", True):
+        return None
+    head = classifier_head(manifest["model"]["name"])
+    if head is None:
+        return None
+    _, x = photo_views(manifest["model"]["name"])
+    out_names = [o["name"] for o in manifest["outputs"]]
+    step = max(1, min(8, int(manifest["input"]["batch"]["max"])))
+    ref, got = [], []
+    for i in range(0, len(x), step):
+        a = head_input(torch_outputs(module, x[i:i + step], out_names), module, head)
+        b = head_input(dict(zip(out_names, art.run(x[i:i + step]))), module, head)
+        if a is None or b is None:
+            return None
+        ref.append(head.top1(a))
+        got.append(head.top1(np.asarray(b)))
+    return float((np.concatenate(ref) == np.concatenate(got)).mean()), len(x)
+
+
 def run_parity(artifact_dir: Path, manifest: dict[str, Any], module: torch.nn.Module, *,
-               photos: int = DEFAULT_PHOTOS, min_cosine: float = COSINE_MIN_FP32,
+               photos: int = DEFAULT_PHOTOS, min_cosine: float | None = None,
                log: Callable[[str], None] = print) -> VerificationReport:
-    """Run the artifact (in-process, on the GPU, or under qemu) and PyTorch on the same photos and compare."""
+    """Run the artifact (in-process, on the GPU, or under qemu) and PyTorch on the same photos and compare.
+    `min_cosine` defaults to the artifact's precision's bar (cosine_bar); bf16 artifacts run in-process also
+    report (and must reach AGREEMENT_MIN_BF16) their classifier's top-1 agreement with fp32, where there is one."""
     method, reason = how_to_verify(manifest)
     if not method:
         return VerificationReport("built, not verified here", "", reason=reason)
@@ -175,11 +215,21 @@ def run_parity(artifact_dir: Path, manifest: dict[str, Any], module: torch.nn.Mo
     # chunks may repeat a photo (the batch-1 run): compare each with the reference rows it ran
     reference = {n: np.concatenate([r[lo:hi] for lo, hi in chunks]) for n, r in reference.items()}
     figures = compare(reference, {n: np.concatenate(v) for n, v in got.items()})
-    threshold = min_cosine
+    threshold = cosine_bar(manifest) if min_cosine is None else min_cosine
     bad = [n for n, f in figures.items() if not f["cosine"] >= threshold]
     status: Status = "failed" if bad else "passed"
     why = f"cosine below {threshold} for {', '.join(bad)}" if bad else ""
-    return VerificationReport(status, method, threshold, names, [hi - lo for lo, hi in chunks], figures, timings, why)
+    report = VerificationReport(status, method, threshold, names, [hi - lo for lo, hi in chunks], figures, timings,
+                                why)
+    if manifest.get("precision", "fp32") != "fp32" and method != "qemu-aarch64":
+        agreement = classifier_agreement(art, manifest, module)
+        if agreement is not None:
+            report.top1_agreement, report.agreement_images = agreement
+            if report.top1_agreement < AGREEMENT_MIN_BF16:
+                report.status = "failed"
+                report.reason = "; ".join(filter(None, [why, f"classifier top-1 agreement with fp32 "
+                                                             f"{report.top1_agreement:.2%} < {AGREEMENT_MIN_BF16:.0%}"]))
+    return report
 
 
 def verify_artifact(path: str | os.PathLike[str], *, photos: int = DEFAULT_PHOTOS,
@@ -198,4 +248,4 @@ def verify_artifact(path: str | os.PathLike[str], *, photos: int = DEFAULT_PHOTO
 
 
 __all__ = ["VerificationReport", "verify_artifact", "run_parity", "compare", "photo_batch", "COSINE_MIN_FP32",
-           "structure_outputs"]
+           "COSINE_MIN_BF16", "AGREEMENT_MIN_BF16", "cosine_bar", "structure_outputs"]

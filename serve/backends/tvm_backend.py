@@ -42,7 +42,9 @@ class TvmBackend(Backend):
         self.artifact = Path(artifact)
         self.threads = threads
         t = m.get("target", {})
-        self.target = f"{t.get('preset', '?')} ({t.get('tvm_target', {}).get('mcpu', t.get('device', ''))})"
+        self.precision = m.get("precision", "fp32")  # bf16 artifacts verify against their own cosine bar
+        self.target = (f"{t.get('preset', '?')} ({t.get('tvm_target', {}).get('mcpu', t.get('device', ''))}"
+                       f"{', ' + self.precision if self.precision != 'fp32' else ''})")
 
     def instance(self) -> "TvmBackend":
         """A second VM over the same artifact: a Relax VM keeps per-call state and is not safe to share."""
