@@ -5,7 +5,8 @@
 
 Per model and batch: ORT / PyTorch / TVM (convhub schedule rules: what `convhub compile` builds, no
 tuning) p50 latency, ratio to ORT and PyTorch, and the fraction of this CPU's FP32 peak; optionally
-TVM's stock pipeline (--untuned-batches) and the shipped MetaSchedule databases (--tuned). The peak is computed from
+TVM's stock pipeline (--untuned-batches) and the shipped MetaSchedule databases (--tuned); on CPUs with AVX512_BF16
+also the bf16 build (`convhub compile --precision bf16`, skip with --no-bf16). The peak is computed from
 /proc/cpuinfo (cores x FMA units x SIMD lanes x 2 flops x clock) and also measured (torch sgemm).
 All backends of one model/batch run interleaved in one process: the 2 cores are shared with other
 work, so absolute numbers move between runs while the ratios hold much better.
@@ -86,14 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--untuned-batches", default="",
                     help="batches at which TVM's stock pipeline (no schedules) also runs; it is very slow")
     ap.add_argument("--tuned", action="store_true", help="also run the shipped MetaSchedule databases (tvm-tuned)")
+    ap.add_argument("--no-bf16", action="store_true",
+                    help="skip the bf16 build (TVM bf16, `convhub compile --precision bf16`; only on AVX512_BF16 CPUs)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--seconds", type=float, default=0.25)
     ap.add_argument("--plot", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    from compile import bench
+    from compile import bench, targets
     from compile.bench_cli import _load_model
+    from compile.schedules.bf16 import supports_bf16
 
     threads = os.cpu_count() or 1
     peak, how = theoretical_peak()
@@ -102,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"FP32 peak: {how}; torch sgemm 1024^3 measured {mpeak:.0f} GFLOP/s\n")
     batches = [int(b) for b in args.batch.split(",")]
     untuned_b = {int(b) for b in args.untuned_batches.split(",") if b}
+    bf16 = not args.no_bf16 and supports_bf16(targets.get_preset("host").tvm_target())
     all_rows = []
     print("| model | batch | GFLOP/img | ORT ms | PyTorch ms | TVM ms | TVM/ORT | TVM/PyTorch | TVM % of peak "
-          "| ORT % of peak | TVM stock ms | TVM tuned-db ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ORT % of peak | TVM stock ms | TVM tuned-db ms | TVM bf16 ms | bf16/ORT |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         module = _load_model(name)
         import hub
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         cache: dict = {}  # exports and TVM builds shared by the batch sizes of this model
         for batch in batches:
             backends = (["onnxruntime", "torch", "tvm"] + (["tvm-untuned"] if batch in untuned_b else [])
-                        + (["tvm-tuned"] if args.tuned else []))
+                        + (["tvm-tuned"] if args.tuned else []) + (["tvm-bf16"] if bf16 else []))
             res = bench.benchmark(name, backends, [batch], module=module, size=size, rounds=args.rounds,
                                   seconds=args.seconds, threads=threads, cache=cache)
             by = {r.backend: r for r in res}
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"| {name} | {batch} | {gflop:.2f} | {ms('onnxruntime')} | {ms('torch')} | {ms('tvm')} | "
                   f"{ratio('tvm', 'onnxruntime')} | {ratio('tvm', 'torch')} | {frac('tvm')} | {frac('onnxruntime')} | "
-                  f"{ms('tvm-untuned')} | {ms('tvm-tuned')} |", flush=True)
+                  f"{ms('tvm-untuned')} | {ms('tvm-tuned')} | {ms('tvm-bf16')} | {ratio('tvm-bf16', 'onnxruntime')} |",
+                  flush=True)
         del module
     # This VM switches between a fast and a slow state for minutes at a time (docs/performance.md): a ceiling
     # that moved between start and end says the run straddled both, and its ratios are less comparable

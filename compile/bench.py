@@ -102,11 +102,11 @@ def _ort_factory(ctx: BenchContext, batch: int) -> Runner:
     return Runner(lambda x: sess.run(None, {in_name: x}), note=f"CPUExecutionProvider, {ctx.threads} threads")
 
 
-def _tvm_build(ctx: BenchContext, batch: int, schedule: str):
+def _tvm_build(ctx: BenchContext, batch: int, schedule: str, precision: str = "fp32"):
     """(Compiled or None, note) for a static batch.
 
-    schedule: "rules" (our schedule rules, what `convhub compile` builds), "tuned" (--tvm-db or the shipped
-    MetaSchedule database) or "stock" (TVM's default pipeline, no schedules).
+    schedule: "rules" (our schedule rules, what `convhub compile` builds; `precision` "bf16" as its --precision
+    bf16), "tuned" (--tvm-db or the shipped MetaSchedule database) or "stock" (TVM's default pipeline, no schedules).
     """
     from compile import tuning
 
@@ -117,14 +117,15 @@ def _tvm_build(ctx: BenchContext, batch: int, schedule: str):
         db = Path(ctx.tvm_db) if ctx.tvm_db else tuning.find_database(ctx.name, preset, shape, target=target)
         if db is None:
             return None, f"no tuned database for {ctx.name} / {preset} / {tuning.shape_key(shape)}"
-    bkey = f"tvm-{schedule}-{batch}"
+    bkey = f"tvm-{schedule}-{precision}-{batch}"
     if bkey not in ctx.cache:
         mkey = f"tvm-mod-{batch}"
         if mkey not in ctx.cache:
             ctx.cache[mkey] = tuning.export_relax(ctx.module, shape, ctx.name)
         mod, params = ctx.cache[mkey]
-        ctx.cache[bkey] = tuning.build(mod, params, target, db, schedule=schedule)
-    notes = {"rules": "convhub schedule rules, no tuning", "stock": "TVM default pipeline (no schedules)"}
+        ctx.cache[bkey] = tuning.build(mod, params, target, db, schedule=schedule, precision=precision)
+    notes = {"rules": "convhub schedule rules, no tuning" + (f", {precision}" if precision != "fp32" else ""),
+             "stock": "TVM default pipeline (no schedules)"}
     return ctx.cache[bkey], (f"tuned db {db.name if ctx.tvm_db else _short(db)}" if db else notes[schedule])
 
 
@@ -145,6 +146,15 @@ def _preset_target(preset: str | None):
 def _tvm_factory(ctx: BenchContext, batch: int) -> Runner:
     compiled, note = _tvm_build(ctx, batch, "rules")
     return Runner(compiled.run_numpy, note=note)  # numpy out, like ORT
+
+
+def _tvm_bf16_factory(ctx: BenchContext, batch: int) -> Runner:
+    from compile.schedules.bf16 import supports_bf16
+    from compile.tuning import make_target
+    if not supports_bf16(make_target(_preset_target(ctx.target)[1])):
+        raise RuntimeError("bf16 needs a CPU with AVX512_BF16 (Zen 4, Sapphire Rapids ...); this target has none")
+    compiled, note = _tvm_build(ctx, batch, "rules", "bf16")
+    return Runner(compiled.run_numpy, note=note)
 
 
 def _tvm_tuned_factory(ctx: BenchContext, batch: int) -> Runner:
@@ -172,6 +182,7 @@ BACKENDS: dict[str, Callable[[BenchContext, int], Runner]] = {
     "torch": _torch_factory,
     "onnxruntime": _ort_factory,
     "tvm": _tvm_factory,
+    "tvm-bf16": _tvm_bf16_factory,
     "tvm-tuned": _tvm_tuned_factory,
     "tvm-untuned": _tvm_untuned_factory,
 }
