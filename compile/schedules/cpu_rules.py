@@ -14,7 +14,8 @@ build runs scalar, single-threaded loops. These rules give each fused PrimFunc a
   rows are too narrow for a good tile runs over all pixels of an image as one row (`pixel_row`; 7x7 padded to 52).
   Large-weight convs put images outside the channel blocks when a batch of 8 images' input exceeds L2. A stem
   reading the model's NCHW input (compile.cpu_pipeline._stem_reads_nchw) inlines its padding and walks each input
-  plane's kernel columns, unrolled.
+  plane's kernel columns, unrolled. A bf16 conv (compile.schedules.bf16, `--precision bf16`) keeps the same tile and
+  tensorizes its innermost step (a vector of output channels x a pair of input channels) into VDPBF16PS.
 - `Injective`: transposes, pads, elementwise ops: parallel outer loops, vectorized inner loop; transposes walk the
   input in its own axis order.
 - Pooling: compile.schedules.pool_rules (channels-last means and windowed pools); dlight's CPU `Reduction` for the rest.
