@@ -102,7 +102,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = False, schedule: str = "rules",
-                  precision: str = "fp32"):
+                  precision: str = "fp32", stats: dict | None = None):
     """tvm.compile with the Relax pipeline `schedule` asks for; TVM's own errors pass through.
 
     With a database: the static_shape_tuning pipeline with total_trials=0 and the database as work_dir (the only
@@ -119,17 +119,17 @@ def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = 
     if schedule == "rules" and target.kind.name == "llvm":
         from . import parallel_build
         from .cpu_pipeline import cpu_pipeline
-        return parallel_build.build(mod, target, cpu_pipeline(target, precision))
+        return parallel_build.build(mod, target, cpu_pipeline(target, precision, stats))
     return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 
 
-def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool,
-                     schedule: str = "rules", precision: str = "fp32") -> tuple[Any, str | None, str | None]:
+def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool, schedule: str = "rules",
+                     precision: str = "fp32", stats: dict | None = None) -> tuple[Any, str | None, str | None]:
     """(executable, name of its params-transform function or None, name of its batch-1 entry or None), checking
-    that device code exists."""
+    that device code exists. `stats` receives the conv counts of the CPU pipeline (compile.cpu_pipeline)."""
     try:
         ex = compile_relax(mod, preset.tvm_target(), database=database, prepack=prepack, schedule=schedule,
-                           precision=precision)
+                           precision=precision, stats=stats)
     except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc
@@ -288,9 +288,18 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
     prepack = prepack and preset.device == "cpu"
     how = {"rules": "convhub schedule rules" if preset.device == "cpu" else "TVM default pipeline",
            "tuned": f"tuned: {database}", "stock": "TVM default pipeline, no schedules"}[schedule]
+    stats: dict[str, int] = {}
     with _step(log, timings, "build", f"tvm.compile for {preset.name} ({how})"):
         ex, params_transform, batch1 = build_executable(mod, preset, database=database, prepack=prepack,
-                                                        schedule=schedule, precision=precision)
+                                                        schedule=schedule, precision=precision, stats=stats)
+    if precision == "bf16":
+        if not stats.get("bf16_convs"):
+            raise CompileError(
+                f"--precision bf16: no conv of {entry.name} qualifies ({stats.get('convs', 0)} convs; bf16 takes "
+                "regular convs with an even number of input channels whose output reaches an activation, not "
+                "depthwise convs, the 3-channel stem, linear layers or linear projections); compile it in fp32")
+        log(f"[build] bf16: {stats['bf16_convs']} of {stats['convs']} convs (the rest: depthwise, stems, linear "
+            "projections)")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -304,7 +313,7 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                              input_shape=input_shape, preprocess=pre, out_names=out_names, out_shapes=out_shapes,
                              param_names=param_names, database=database, params_transform=params_transform,
                              batch1_entry=batch1,
-                             schedule=schedule, precision=precision)
+                             schedule=schedule, precision=precision, conv_stats=stats)
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):
             report = run_parity(tmp, manifest, module, photos=photos, log=log, min_cosine=min_cosine)
@@ -345,7 +354,7 @@ def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: s
               max_batch: int, input_shape: tuple[int, int, int], preprocess, out_names: list[str],
               out_shapes: list[list[int | str]], param_names: list[str], database: Path | None,
               params_transform: str | None, batch1_entry: str | None, schedule: str,
-              precision: str = "fp32") -> dict[str, Any]:
+              precision: str = "fp32", conv_stats: dict[str, int] | None = None) -> dict[str, Any]:
     from .export import BATCH
     return {
         "format": FORMAT,
@@ -372,6 +381,7 @@ def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: s
         "tuning": {"schedule": schedule, "database": str(database) if database else None},
         # bf16: conv inputs and weights rounded to bfloat16, sums and everything else fp32 (compile.schedules.bf16)
         "precision": precision,
+        "convs": dict(conv_stats or {}),  # {"convs": N, "bf16_convs": M} from the CPU pipeline; {} elsewhere
         "build": {"tvm_version": version("apache-tvm"), "tvm_ffi_version": version("apache-tvm-ffi"),
                   "torch_version": version("torch"), "convhub_version": _convhub_version(),
                   "host": f"{platform.system()} {platform.machine()}", "timings_s": {}},

@@ -198,25 +198,39 @@ def _batch_one_entry() -> tvm.transform.Pass:
     return _pass
 
 
-def _legalize(precision: str) -> tvm.transform.Pass:
+def _bindings(func: "relax.Function"):
+    return [b for block in func.body.blocks for b in block.bindings]
+
+
+def _is_op(value, name: str) -> bool:
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+
+
+def _legalize(precision: str, stats: dict | None = None) -> tvm.transform.Pass:
     """LegalizeOps with our conv2d legalization; under "bf16" the convs that compile.schedules.bf16.activated_convs
-    picks (per Relax function, before legalization) read bf16 inputs and weights."""
+    picks (per Relax function, before legalization) read bf16 inputs and weights. `stats` gets "convs" and
+    "bf16_convs" (per entry function: main and its batch-1 copy hold the same convs)."""
     from .schedules.bf16 import activated_convs
     from .schedules.conv_packing import legalize_conv2d
 
     @tvm.transform.module_pass(opt_level=0, name="ConvhubLegalize")
     def _pass(mod, _ctx):
-        chosen = []
-        if precision == "bf16":
-            for _, func in mod.functions_items():
-                if isinstance(func, relax.Function):
+        chosen, taken, convs, entries = [], [], 0, 0
+        for _, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                n = sum(1 for b in _bindings(func) if _is_op(b.value, "relax.nn.conv2d"))
+                convs, entries = convs + n, entries + (n > 0)
+                if precision == "bf16":
                     chosen += activated_convs(func)
 
         def conv2d(bb, call):
             bf16 = any(call.same_as(c) or (call.args[0].same_as(c.args[0]) and call.args[1].same_as(c.args[1]))
                        for c in chosen)
-            return legalize_conv2d(bb, call, "bf16" if bf16 else "fp32")
-        return relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": conv2d})(mod)
+            return legalize_conv2d(bb, call, "bf16" if bf16 else "fp32", taken)
+        mod = relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": conv2d})(mod)
+        if stats is not None:
+            stats.update(convs=convs // max(entries, 1), bf16_convs=len(taken) // max(entries, 1))
+        return mod
 
     return _pass
 
@@ -229,7 +243,7 @@ def schedule_rules():
     return [conv_nhwc, injective, channels_last_pool, dlight.cpu.Reduction()]
 
 
-def scheduling_passes(target: "tvm.target.Target", precision: str = "fp32") -> list:
+def scheduling_passes(target: "tvm.target.Target", precision: str = "fp32", stats: dict | None = None) -> list:
     """Steps 1-4: from the imported Relax module to fused, scheduled PrimFuncs (before lowering). `precision`
     "bf16": regular convs compute on bf16-rounded inputs and weights (compile.schedules.bf16)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -245,7 +259,7 @@ def scheduling_passes(target: "tvm.target.Target", precision: str = "fp32") -> l
         _stem_reads_nchw(),
         *cpu.library_dispatch_passes(target),
         _fold_constants_numpy(),
-        _legalize(precision),
+        _legalize(precision, stats),
         relax.transform.LiftTransformParams(shared_transform=True),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -262,14 +276,17 @@ def schedule_module(mod: "tvm.IRModule", target: "tvm.target.Target", precision:
         return tvm.transform.Sequential(scheduling_passes(target, precision))(mod)
 
 
-def cpu_pipeline(target: "tvm.target.Target", precision: str = "fp32") -> tvm.transform.Pass:
-    """Relax pipeline for llvm targets (x86 and aarch64); use as tvm.compile(..., relax_pipeline=...)."""
+def cpu_pipeline(target: "tvm.target.Target", precision: str = "fp32", stats: dict | None = None
+                 ) -> tvm.transform.Pass:
+    """Relax pipeline for llvm targets (x86 and aarch64); use as tvm.compile(..., relax_pipeline=...). `stats`, when
+    given, receives how many convs the model has and how many run in bf16 (`precision` "bf16")."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0, name="ConvhubCPUPipeline")
     def _pipeline(mod, _ctx):
         with target:
-            return tvm.transform.Sequential([*scheduling_passes(target, precision), *cpu.dataflow_lower_passes(target),
+            return tvm.transform.Sequential([*scheduling_passes(target, precision, stats),
+                                             *cpu.dataflow_lower_passes(target),
                                              *cpu.finalize_passes(target)])(mod)
 
     return _pipeline

@@ -76,10 +76,11 @@ def conv2d_pixels_packed(data: te.Tensor, wp: te.Tensor, row: int) -> te.Tensor:
     return te.compute((n, h, w, out.shape[3]), lambda b, y, x, k: out[b, 0, y * w + x, k], name="pixel_rows")
 
 
-def legalize_conv2d(bb, call, precision: str = "fp32"):
+def legalize_conv2d(bb, call, precision: str = "fp32", bf16_taken: list | None = None):
     """Regular fp32 NHWC/HWIO convs with static weight/width shapes -> pack + packed conv; others -> TOPI.
     `precision` "bf16": such convs on NHWC input with an even channel count read their input rounded to bf16
-    (compile.schedules.bf16) against bf16 weights; the stems reading NCHW (3 channels) stay fp32."""
+    (compile.schedules.bf16) against bf16 weights, and are appended to `bf16_taken`; the stems reading NCHW
+    (3 channels) stay fp32."""
     import tvm
     a = call.attrs
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
@@ -102,6 +103,8 @@ def legalize_conv2d(bb, call, precision: str = "fp32"):
     _, tk = tile_choices(row or width, k, tile_isa(isa, channels_first))
     block = tk * isa.lanes
     if precision == "bf16" and not channels_first and wshape[2] % 2 == 0 and isa.lanes in EXTERN:
+        if bf16_taken is not None:
+            bf16_taken.append(call)
         data = bb.emit_te(round_to_bf16, data, primfunc_name_hint="bf16_bits")
         wp = bb.emit_te(pack_weight_bf16, weight, block, primfunc_name_hint="conv_weight_pack_bf16")
     else:

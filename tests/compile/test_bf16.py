@@ -53,13 +53,15 @@ def net():
     return n
 
 
-def _scheduled(net, target, batch: int = 1) -> dict:
+def _scheduled(net, target, batch: int = 1, stats: dict | None = None) -> dict:
+    import tvm
     from tvm import tirx
 
-    from compile.cpu_pipeline import schedule_module
+    from compile.cpu_pipeline import scheduling_passes
     from compile.tuning import export_relax
     mod, _ = export_relax(net, (batch, 16, 28, 28), "bf16net")
-    sched = schedule_module(mod, target, "bf16")
+    with target:
+        sched = tvm.transform.Sequential(scheduling_passes(target, "bf16", stats))(mod)
     return {gv.name_hint: f for gv, f in sched.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
@@ -67,7 +69,9 @@ def test_activated_convs_run_bf16_and_linear_ones_stay_fp32(net):
     """expand / down / residual (their outputs reach a ReLU) are bf16 kernels: uint16 input, VDPBF16PS calls on
     16- and 8-lane vectors, the LLVM helper imported; the linear projection is an fp32 kernel."""
     from tvm.target import Target
-    prims = _scheduled(net, Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2}))
+    stats: dict = {}
+    prims = _scheduled(net, Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2}), stats=stats)
+    assert stats == {"convs": 4, "bf16_convs": 3}  # what `convhub compile` logs and records in the manifest
     convs = {n: f for n, f in prims.items() if "conv2d" in n and "pack" not in n}
     assert len(convs) == 4, sorted(convs)
     bf16 = {n: f for n, f in convs.items() if f.params[0].dtype == "uint16"}
@@ -130,6 +134,17 @@ def test_bf16_is_refused_where_the_target_cannot_run_it(tmp_path):
 
 
 @needs_bf16
+def test_bf16_is_refused_for_a_model_with_no_qualifying_conv(tmp_path):
+    """convnext's pointwise layers are Linear layers and its convs depthwise or the 4x4 stem on 3 channels: a bf16
+    artifact would be an fp32 one labelled bf16, so the compile stops and says why."""
+    from compile.build import compile_model
+    with pytest.raises(CompileError, match="no conv of convnext_tiny qualifies"):
+        compile_model("convnext_tiny", out=tmp_path / "c", max_batch=1, pretrained=False, precision="bf16",
+                      log=lambda m: None)
+    assert not (tmp_path / "c").exists()
+
+
+@needs_bf16
 def test_lite0_bf16_artifact_keeps_the_classifier_agreeing(tmp_path):
     """The real efficientnet-lite0 weights in bf16: verified at cosine >= 0.999 and the checkpoint's classifier
     agrees with fp32 PyTorch on >= 99 % of 240 views of real photos; `convhub verify` re-checks the same bars."""
@@ -138,6 +153,7 @@ def test_lite0_bf16_artifact_keeps_the_classifier_agreeing(tmp_path):
     r = compile_model("efficientnet-lite0", out=tmp_path / "bf16", max_batch=4, precision="bf16", log=lambda m: None)
     v = r.manifest["verification"]
     assert r.manifest["precision"] == "bf16" and v["status"] == "passed" and v["threshold"] == 0.999
+    assert r.manifest["convs"] == {"convs": 49, "bf16_convs": 16}  # the 15 expansions and the 1280-channel head
     assert v["agreement_images"] >= 200 and v["top1_agreement"] >= AGREEMENT_MIN_BF16
     assert min(o["cosine"] for o in v["outputs"].values()) < 0.99999  # bf16 really ran
     again = verify_artifact(tmp_path / "bf16", log=lambda m: None)
