@@ -21,6 +21,11 @@ class TvmBackend(Backend):
     def __init__(self, model: str, artifact: Path, stages: Sequence[str], *, threads: int | None = None):
         # TVM runs on one thread unless told before import (DESIGN.md)
         os.environ.setdefault("TVM_NUM_THREADS", str(threads or os.cpu_count() or 1))
+        # Idle TVM workers spin-wait for the next kernel and take the cores the HTTP stack needs, as ONNX Runtime's
+        # do (that backend sets allow_spinning=0): with the default spin, the server spent 11.0-12.8 ms of CPU per
+        # lite0 image against 9.9-10.3 ms without (serve_overhead.py, bf16 artifact, 8 clients, two runs each).
+        # Read when TVM's thread pool starts, so set before the first artifact runs.
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
         try:
             import compile
         except ImportError as exc:
