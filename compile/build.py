@@ -296,10 +296,11 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
         if not stats.get("bf16_convs"):
             raise CompileError(
                 f"--precision bf16: no conv of {entry.name} qualifies ({stats.get('convs', 0)} convs; bf16 takes "
-                "regular convs with an even number of input channels whose output reaches an activation, not "
-                "depthwise convs, the 3-channel stem, linear layers or linear projections); compile it in fp32")
-        log(f"[build] bf16: {stats['bf16_convs']} of {stats['convs']} convs (the rest: depthwise, stems, linear "
-            "projections)")
+                "regular convs with an even number of input channels and depthwise convs on maps of 28x28 and "
+                "larger, whose outputs reach an activation; not the 3-channel stem, linear layers or linear "
+                "projections); compile it in fp32")
+        log(f"[build] bf16: {stats['bf16_convs']} of {stats['convs']} convs (the rest: depthwise convs on small "
+            "maps, stems, linear projections)")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tvm import te, topi
 from tvm.target import Target
 
-from .bf16 import EXTERN, from_bf16_bits, pack_weight_bf16, round_to_bf16
+from .bf16 import EXTERN, depthwise_from_bf16, depthwise_reads_bf16, from_bf16_bits, pack_weight_bf16, round_to_bf16
 from .cpu_rules import (isa_for_channels, pixel_row, static_extent, static_shape, tile_choices, tile_isa,
                         vector_isa)
 
@@ -79,8 +79,8 @@ def conv2d_pixels_packed(data: te.Tensor, wp: te.Tensor, row: int) -> te.Tensor:
 def legalize_conv2d(bb, call, precision: str = "fp32", bf16_taken: list | None = None):
     """Regular fp32 NHWC/HWIO convs with static weight/width shapes -> pack + packed conv; others -> TOPI.
     `precision` "bf16": such convs on NHWC input with an even channel count read their input rounded to bf16
-    (compile.schedules.bf16) against bf16 weights, and are appended to `bf16_taken`; the stems reading NCHW
-    (3 channels) stay fp32."""
+    (compile.schedules.bf16) against bf16 weights, depthwise convs on large maps their input only (fp32 math), and
+    both are appended to `bf16_taken`; the stems reading NCHW (3 channels) stay fp32."""
     import tvm
     a = call.attrs
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
@@ -88,6 +88,12 @@ def legalize_conv2d(bb, call, precision: str = "fp32", bf16_taken: list | None =
     w_info, o_info = weight.ty, call.ty
     wshape = static_shape(w_info.shape)
     channels_first = a.data_layout == "NCHW"  # a stem reading the model input (cpu_pipeline._stem_reads_nchw)
+    if precision == "bf16" and depthwise_reads_bf16(a, wshape, w_info.dtype, data.ty.shape):
+        if bf16_taken is not None:
+            bf16_taken.append(call)
+        bits = bb.emit_te(round_to_bf16, data, primfunc_name_hint="bf16_bits")
+        return bb.call_te(depthwise_from_bf16, bits, weight, a.strides, a.padding, a.dilation, int(a.groups),
+                          primfunc_name_hint="conv2d")
     if (a.data_layout not in ("NHWC", "NCHW") or a.kernel_layout != "HWIO" or a.out_layout != "NHWC"
             or int(a.groups) != 1 or w_info.dtype != "float32" or wshape is None
             or static_extent(o_info.shape[2]) is None):

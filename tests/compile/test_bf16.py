@@ -18,12 +18,14 @@ needs_bf16 = pytest.mark.skipif(bool(missing_cpu_flags(["avx512_bf16"])), reason
 
 
 class _Net(nn.Module):
-    """1x1 expansion (ReLU6), 3x3 stride-2 conv to 40 channels (8-lane vectors on AVX-512, ReLU), a linear 1x1
-    projection (an output of its own), and a 1x1 conv whose residual add comes before its ReLU (as resnet's)."""
+    """1x1 expansion (ReLU6), a 3x3 depthwise conv on the 28x28 map (ReLU6: reads bf16, computes fp32), 3x3 stride-2
+    conv to 40 channels (8-lane vectors on AVX-512, ReLU), a linear 1x1 projection (an output of its own), and a 1x1
+    conv whose residual add comes before its ReLU (as resnet's)."""
 
     def __init__(self):
         super().__init__()
         self.expand = nn.Sequential(nn.Conv2d(16, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1, groups=64, bias=False), nn.BatchNorm2d(64), nn.ReLU6())
         self.down = nn.Sequential(nn.Conv2d(64, 40, 3, 2, 1, bias=False), nn.BatchNorm2d(40), nn.ReLU())
         self.project = nn.Sequential(nn.Conv2d(40, 32, 1, bias=False), nn.BatchNorm2d(32))
         self.residual = nn.Sequential(nn.Conv2d(40, 40, 1, bias=False), nn.BatchNorm2d(40))
@@ -32,10 +34,12 @@ class _Net(nn.Module):
         def conv(seq, v):  # the bf16 path: inputs and weights rounded to bf16, sums and BatchNorm in fp32
             if not emulate_bf16:
                 return seq[0](v)
-            w = seq[0].weight.bfloat16().float()
-            return nn.functional.conv2d(v.bfloat16().float(), w, None, seq[0].stride, seq[0].padding)
+            c = seq[0]
+            w = c.weight if c.groups > 1 else c.weight.bfloat16().float()  # depthwise: bf16 input, fp32 weights
+            return nn.functional.conv2d(v.bfloat16().float(), w, None, c.stride, c.padding, groups=c.groups)
 
         a = self.expand[2](self.expand[1](conv(self.expand, x)))
+        a = self.dw[2](self.dw[1](conv(self.dw, a)))
         b = self.down[2](self.down[1](conv(self.down, a)))
         p = self.project(b)  # linear: stays fp32
         return {"project": p, "residual": torch.relu(self.residual[1](conv(self.residual, b)) + b)}
@@ -67,13 +71,18 @@ def _scheduled(net, target, batch: int = 1, stats: dict | None = None) -> dict:
 
 def test_activated_convs_run_bf16_and_linear_ones_stay_fp32(net):
     """expand / down / residual (their outputs reach a ReLU) are bf16 kernels: uint16 input, VDPBF16PS calls on
-    16- and 8-lane vectors, the LLVM helper imported; the linear projection is an fp32 kernel."""
+    16- and 8-lane vectors, the LLVM helper imported; the depthwise conv reads uint16 (channel blocks) and computes
+    in fp32; the linear projection is an fp32 kernel."""
     from tvm.target import Target
     stats: dict = {}
     prims = _scheduled(net, Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2}), stats=stats)
-    assert stats == {"convs": 4, "bf16_convs": 3}  # what `convhub compile` logs and records in the manifest
+    assert stats == {"convs": 5, "bf16_convs": 4}  # what `convhub compile` logs and records in the manifest
     convs = {n: f for n, f in prims.items() if "conv2d" in n and "pack" not in n}
-    assert len(convs) == 4, sorted(convs)
+    assert len(convs) == 5, sorted(convs)
+    (dw,) = [f for f in convs.values() if "convhub_dpbf16ps" not in f.script() and f.params[0].dtype == "uint16"]
+    assert [int(d) for d in dw.params[0].shape] == [1, 64 // 16, 28, 28, 16]  # bf16 bits in channel blocks
+    assert "T.reinterpret" in dw.script()  # widened to fp32 as loaded
+    convs = {n: f for n, f in convs.items() if f is not dw}
     bf16 = {n: f for n, f in convs.items() if f.params[0].dtype == "uint16"}
     fp32 = [n for n in convs if n not in bf16]
     assert len(bf16) == 3 and len(fp32) == 1, (sorted(bf16), fp32)
@@ -153,7 +162,8 @@ def test_lite0_bf16_artifact_keeps_the_classifier_agreeing(tmp_path):
     r = compile_model("efficientnet-lite0", out=tmp_path / "bf16", max_batch=4, precision="bf16", log=lambda m: None)
     v = r.manifest["verification"]
     assert r.manifest["precision"] == "bf16" and v["status"] == "passed" and v["threshold"] == 0.999
-    assert r.manifest["convs"] == {"convs": 49, "bf16_convs": 16}  # the 15 expansions and the 1280-channel head
+    # the 15 expansions, the 1280-channel head and the 6 depthwise convs on maps of 28x28 and larger
+    assert r.manifest["convs"] == {"convs": 49, "bf16_convs": 22}
     assert v["agreement_images"] >= 200 and v["top1_agreement"] >= AGREEMENT_MIN_BF16
     assert min(o["cosine"] for o in v["outputs"].values()) < 0.99999  # bf16 really ran
     again = verify_artifact(tmp_path / "bf16", log=lambda m: None)
