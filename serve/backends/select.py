@@ -92,9 +92,10 @@ def _verified(build: Callable[[], Backend], x: np.ndarray, expected: dict[str, n
     got = backend.run(x[:n], outs)
     cos = min_cosine({k: expected[k][:n] for k in outs}, got)
     bar = MIN_COSINE
-    if getattr(backend, "precision", "fp32") == "bf16":  # an artifact compiled with --precision bf16
-        from compile.verify import COSINE_MIN_BF16
-        bar = COSINE_MIN_BF16
+    manifest = getattr(getattr(backend, "fn", None), "manifest", None)
+    if manifest is not None:  # a compiled artifact: its precision's bar (0.999 for --precision bf16)
+        from compile.verify import cosine_bar
+        bar = cosine_bar(manifest)
     if cos < bar:
         backend.close()
         raise BackendError(f"{kind} does not match PyTorch on real photos: worst cosine {cos:.6f} < {bar}")
