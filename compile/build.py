@@ -239,12 +239,12 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                   precision: str = "fp32", log: Log = _stderr) -> BuildResult:
     """Compile hub model `name` for preset `target` into artifact directory `out`, verified against PyTorch.
 
-    `min_cosine` defaults to the bar of the precision (compile.verify.cosine_bar: fp32 0.9999, bf16 0.999). `schedule`: "rules"
-    (default; compile.cpu_pipeline on CPU presets), "tuned" (a MetaSchedule database from `convhub tune`, --max-batch
-    1) or "stock" (TVM's default pipeline, no schedules; for comparison). `precision` "bf16": convs on bf16-rounded
-    activations and weights with fp32 sums (compile.schedules.bf16; CPUs with AVX512_BF16, schedule "rules"). Raises UnknownTargetError, ToolchainMissingError,
-    UnsupportedOpError, BuildError, VerificationError (cosine below the bar on real photos); on any failure
-    nothing is left at `out`.
+    `min_cosine` defaults to the bar of the precision (compile.verify.cosine_bar: fp32 0.9999, bf16 0.999).
+    `schedule`: "rules" (default; compile.cpu_pipeline on CPU presets), "tuned" (a MetaSchedule database from
+    `convhub tune`, --max-batch 1) or "stock" (TVM's default pipeline, no schedules; for comparison). `precision`
+    "bf16": convs on bf16-rounded activations and weights with fp32 sums (compile.schedules.bf16; CPUs with
+    AVX512_BF16, schedule "rules"). Raises UnknownTargetError, ToolchainMissingError, UnsupportedOpError,
+    BuildError, VerificationError (cosine below the bar on real photos); on any failure nothing is left at `out`.
     """
     import hub
     from . import export as export_mod

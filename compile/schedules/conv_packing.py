@@ -44,23 +44,22 @@ def conv2d_nhwc_packed(data: te.Tensor, wp: te.Tensor, strides, padding, dilatio
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
+    rc = te.reduce_axis((0, c // 2 if bf16 else c), name="rc")
+    rj = te.reduce_axis((0, 2), name="rj") if bf16 else None  # the input channel within a bf16 pair
 
-    def pixel(b, y, x, ci):
-        return data[b, ci, y, x] if channels_first else data[b, y, x, ci]
+    def pixel(b, y, x):
+        ci = rc * 2 + rj if bf16 else rc
+        v = data[b, ci, y, x] if channels_first else data[b, y, x, ci]
+        return from_bf16_bits(v) if bf16 else v
 
-    if bf16:
-        rc, rj = te.reduce_axis((0, c // 2), name="rc"), te.reduce_axis((0, 2), name="rj")
-        return te.compute(
-            (n, oh, ow, ko * block),
-            lambda b, y, x, k: te.sum(from_bf16_bits(pixel(b, y * sh + ry * dh, x * sw + rx * dw, rc * 2 + rj))
-                                      * from_bf16_bits(wp[k // block, ry, rx, rc, k % block, rj]),
-                                      axis=[ry, rx, rc, rj]),
-            name="conv2d_nhwc")
-    rc = te.reduce_axis((0, c), name="rc")
+    def weight(k):
+        i = (k // block, ry, rx, rc, k % block)
+        return from_bf16_bits(wp[(*i, rj)]) if bf16 else wp[i]
+
     return te.compute(
         (n, oh, ow, ko * block),
-        lambda b, y, x, k: te.sum(pixel(b, y * sh + ry * dh, x * sw + rx * dw, rc)
-                                  * wp[k // block, ry, rx, rc, k % block], axis=[ry, rx, rc]),
+        lambda b, y, x, k: te.sum(pixel(b, y * sh + ry * dh, x * sw + rx * dw) * weight(k),
+                                  axis=[ry, rx, rc] + ([rj] if bf16 else [])),
         name="conv2d_nhwc")
 
 

@@ -91,11 +91,7 @@ def _verified(build: Callable[[], Backend], x: np.ndarray, expected: dict[str, n
     outs = [o for o in backend.outputs if o in expected]
     got = backend.run(x[:n], outs)
     cos = min_cosine({k: expected[k][:n] for k in outs}, got)
-    bar = MIN_COSINE
-    manifest = getattr(getattr(backend, "fn", None), "manifest", None)
-    if manifest is not None:  # a compiled artifact: its precision's bar (0.999 for --precision bf16)
-        from compile.verify import cosine_bar
-        bar = cosine_bar(manifest)
+    bar = getattr(backend, "min_cosine", MIN_COSINE)  # a compiled artifact's own bar (TvmBackend.min_cosine)
     if cos < bar:
         backend.close()
         raise BackendError(f"{kind} does not match PyTorch on real photos: worst cosine {cos:.6f} < {bar}")

@@ -47,7 +47,9 @@ class TvmBackend(Backend):
         self.artifact = Path(artifact)
         self.threads = threads
         t = m.get("target", {})
-        self.precision = m.get("precision", "fp32")  # bf16 artifacts verify against their own cosine bar
+        from compile.verify import cosine_bar
+        self.precision = m.get("precision", "fp32")
+        self.min_cosine = cosine_bar(m)  # the bar the artifact was built to: 0.999 for --precision bf16
         self.target = (f"{t.get('preset', '?')} ({t.get('tvm_target', {}).get('mcpu', t.get('device', ''))}"
                        f"{', ' + self.precision if self.precision != 'fp32' else ''})")
 
