@@ -99,16 +99,18 @@ def _module_kinds(mod) -> set[str]:
 
 SCHEDULES = ("rules", "tuned", "stock")
 PRECISIONS = ("fp32", "bf16")
+PARALLEL = ("shared", "static")  # parallel loops: chunks taken on demand (schedules.work_sharing), or fixed shares
 
 
 def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = False, schedule: str = "rules",
-                  precision: str = "fp32", stats: dict | None = None):
+                  precision: str = "fp32", stats: dict | None = None, parallel: str = "shared"):
     """tvm.compile with the Relax pipeline `schedule` asks for; TVM's own errors pass through.
 
     With a database: the static_shape_tuning pipeline with total_trials=0 and the database as work_dir (the only
     way a saved log re-applies, DESIGN.md), then the standard lowering. llvm targets with schedule="rules":
     compile.cpu_pipeline (NHWC, weights packed at load time, our schedule rules on every kernel), kernels
-    code-generated in parallel threads (compile.parallel_build). Otherwise
+    code-generated in parallel threads (compile.parallel_build), their parallel loops handing out work on demand
+    (compile.schedules.work_sharing) unless `parallel` is "static" (TVM's fixed shares). Otherwise
     get_default_pipeline(target) (the "default" string does not fuse on CPU, and a pipeline object without
     dlight silently drops the CUDA module).
     """
@@ -119,17 +121,20 @@ def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = 
     if schedule == "rules" and target.kind.name == "llvm":
         from . import parallel_build
         from .cpu_pipeline import cpu_pipeline
-        return parallel_build.build(mod, target, cpu_pipeline(target, precision, stats))
+        from .schedules import work_sharing
+        tir = work_sharing.register() if parallel == "shared" else "default"
+        return parallel_build.build(mod, target, cpu_pipeline(target, precision, stats), tir_pipeline=tir)
     return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
 
 
 def build_executable(mod, preset: Preset, *, database: Path | None, prepack: bool, schedule: str = "rules",
-                     precision: str = "fp32", stats: dict | None = None) -> tuple[Any, str | None, str | None]:
+                     precision: str = "fp32", stats: dict | None = None, parallel: str = "shared"
+                     ) -> tuple[Any, str | None, str | None]:
     """(executable, name of its params-transform function or None, name of its batch-1 entry or None), checking
     that device code exists. `stats` receives the conv counts of the CPU pipeline (compile.cpu_pipeline)."""
     try:
         ex = compile_relax(mod, preset.tvm_target(), database=database, prepack=prepack, schedule=schedule,
-                           precision=precision, stats=stats)
+                           precision=precision, stats=stats, parallel=parallel)
     except Exception as exc:  # TVM raises its own error types with C++ traces; keep the gist
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"TVM could not build for {preset.name}: {first[:500]}") from exc
@@ -236,14 +241,16 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                   output: Literal["features", "pooled"] = "features", stages: Sequence[str] | str | None = None,
                   max_batch: int = DEFAULT_MAX_BATCH, photos: int = 3, pretrained: bool = True,
                   force: bool = False, min_cosine: float | None = None, schedule: str = "rules",
-                  precision: str = "fp32", log: Log = _stderr) -> BuildResult:
+                  precision: str = "fp32", parallel: str = "shared", log: Log = _stderr) -> BuildResult:
     """Compile hub model `name` for preset `target` into artifact directory `out`, verified against PyTorch.
 
     `min_cosine` defaults to the bar of the precision (compile.verify.cosine_bar: fp32 0.9999, bf16 0.999).
     `schedule`: "rules" (default; compile.cpu_pipeline on CPU presets), "tuned" (a MetaSchedule database from
     `convhub tune`, --max-batch 1) or "stock" (TVM's default pipeline, no schedules; for comparison). `precision`
     "bf16": convs on bf16-rounded activations and weights with fp32 sums (compile.schedules.bf16; CPUs with
-    AVX512_BF16, schedule "rules"). Raises UnknownTargetError, ToolchainMissingError, UnsupportedOpError,
+    AVX512_BF16, schedule "rules"). `parallel` "static" keeps TVM's fixed per-thread shares of every parallel loop
+    instead of chunks handed out on demand (compile.schedules.work_sharing; for comparison: results are the same
+    bits either way). Raises UnknownTargetError, ToolchainMissingError, UnsupportedOpError,
     BuildError, VerificationError (cosine below the bar on real photos); on any failure nothing is left at `out`.
     """
     import hub
@@ -255,6 +262,8 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
         raise CompileError(f"--max-batch must be >= 1, got {max_batch}")
     if schedule not in SCHEDULES:
         raise CompileError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if parallel not in PARALLEL:
+        raise CompileError(f"parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
     _check_precision(precision, preset, schedule)
     if output not in ("features", "pooled"):
         raise CompileError(f"--output must be 'features' or 'pooled', got {output!r}")
@@ -291,7 +300,8 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
     stats: dict[str, int] = {}
     with _step(log, timings, "build", f"tvm.compile for {preset.name} ({how})"):
         ex, params_transform, batch1 = build_executable(mod, preset, database=database, prepack=prepack,
-                                                        schedule=schedule, precision=precision, stats=stats)
+                                                        schedule=schedule, precision=precision, stats=stats,
+                                                        parallel=parallel)
     if precision == "bf16":
         if not stats.get("bf16_convs"):
             raise CompileError(
@@ -314,7 +324,8 @@ def compile_model(name: str, *, target: str = "host", out: str | os.PathLike[str
                              input_shape=input_shape, preprocess=pre, out_names=out_names, out_shapes=out_shapes,
                              param_names=param_names, database=database, params_transform=params_transform,
                              batch1_entry=batch1,
-                             schedule=schedule, precision=precision, conv_stats=stats)
+                             schedule=schedule, precision=precision, conv_stats=stats,
+                             parallel=parallel if schedule == "rules" and preset.device == "cpu" else None)
         manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         with _step(log, timings, "verify", f"parity with PyTorch on {photos} photos"):
             report = run_parity(tmp, manifest, module, photos=photos, log=log, min_cosine=min_cosine)
@@ -355,7 +366,8 @@ def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: s
               max_batch: int, input_shape: tuple[int, int, int], preprocess, out_names: list[str],
               out_shapes: list[list[int | str]], param_names: list[str], database: Path | None,
               params_transform: str | None, batch1_entry: str | None, schedule: str,
-              precision: str = "fp32", conv_stats: dict[str, int] | None = None) -> dict[str, Any]:
+              precision: str = "fp32", conv_stats: dict[str, int] | None = None,
+              parallel: str | None = None) -> dict[str, Any]:
     from .export import BATCH
     return {
         "format": FORMAT,
@@ -383,6 +395,9 @@ def _manifest(name: str, module, preset: Preset, *, stages: list[str], output: s
         # bf16: conv inputs and weights rounded to bfloat16, sums and everything else fp32 (compile.schedules.bf16)
         "precision": precision,
         "convs": dict(conv_stats or {}),  # {"convs": N, "bf16_convs": M} from the CPU pipeline; {} elsewhere
+        # "shared": parallel loops take chunks on demand (compile.schedules.work_sharing); "static": TVM's fixed
+        # shares; None: not a CPU rules build
+        "parallel": parallel,
         "build": {"tvm_version": version("apache-tvm"), "tvm_ffi_version": version("apache-tvm-ffi"),
                   "torch_version": version("torch"), "convhub_version": _convhub_version(),
                   "host": f"{platform.system()} {platform.machine()}", "timings_s": {}},

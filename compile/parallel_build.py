@@ -40,17 +40,18 @@ def split_kernels(tir_mod: "tvm.IRModule", parts: int) -> list["tvm.IRModule"]:
 
 
 def build(mod: "tvm.IRModule", target: "tvm.target.Target", relax_pipeline: "tvm.transform.Pass",
-          jobs: int | None = None) -> "relax.VMExecutable":
-    """What `tvm.compile(mod, target, relax_pipeline=...)` returns, with kernels code-generated in `jobs` threads."""
+          jobs: int | None = None, tir_pipeline: str = "default") -> "relax.VMExecutable":
+    """What `tvm.compile(mod, target, relax_pipeline=..., tir_pipeline=...)` returns, with kernels code-generated in
+    `jobs` threads. `tir_pipeline`: a registered TIR pipeline name (compile.schedules.work_sharing registers one)."""
     jobs = jobs or default_jobs()
     try:
         from tvm.relax import vm_build
         codegen, filter_tir, link = vm_build._vmcodegen, vm_build._filter_tir, vm_build._ffi_api.VMLink
         is_device = vm_build._is_device_module
     except AttributeError:
-        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline, tir_pipeline=tir_pipeline)
     if jobs <= 1:
-        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline)
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline, tir_pipeline=tir_pipeline)
     with target:
         mod = relax_pipeline(mod)
     attrs = dict(mod.attrs) if mod.attrs else {}
@@ -62,7 +63,7 @@ def build(mod: "tvm.IRModule", target: "tvm.target.Target", relax_pipeline: "tvm
     if tir_mod is not None:
         parts = split_kernels(tir_mod, jobs)
         with ThreadPoolExecutor(len(parts), thread_name_prefix="tvm-codegen") as pool:
-            libs = list(pool.map(lambda m: tvm.tirx.build(m, target=target, pipeline="default"), parts))
+            libs = list(pool.map(lambda m: tvm.tirx.build(m, target=target, pipeline=tir_pipeline), parts))
         lib = libs[0]
         for other in libs[1:]:
             lib.import_module(other)
