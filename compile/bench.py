@@ -102,11 +102,12 @@ def _ort_factory(ctx: BenchContext, batch: int) -> Runner:
     return Runner(lambda x: sess.run(None, {in_name: x}), note=f"CPUExecutionProvider, {ctx.threads} threads")
 
 
-def _tvm_build(ctx: BenchContext, batch: int, schedule: str, precision: str = "fp32"):
+def _tvm_build(ctx: BenchContext, batch: int, schedule: str, precision: str = "fp32", parallel: str = "shared"):
     """(Compiled or None, note) for a static batch.
 
     schedule: "rules" (our schedule rules, what `convhub compile` builds; `precision` "bf16" as its --precision
-    bf16), "tuned" (--tvm-db or the shipped MetaSchedule database) or "stock" (TVM's default pipeline, no schedules).
+    bf16; `parallel` "static": TVM's fixed per-thread shares instead of compile.schedules.work_sharing), "tuned"
+    (--tvm-db or the shipped MetaSchedule database) or "stock" (TVM's default pipeline, no schedules).
     """
     from compile import tuning
 
@@ -117,14 +118,16 @@ def _tvm_build(ctx: BenchContext, batch: int, schedule: str, precision: str = "f
         db = Path(ctx.tvm_db) if ctx.tvm_db else tuning.find_database(ctx.name, preset, shape, target=target)
         if db is None:
             return None, f"no tuned database for {ctx.name} / {preset} / {tuning.shape_key(shape)}"
-    bkey = f"tvm-{schedule}-{precision}-{batch}"
+    bkey = f"tvm-{schedule}-{precision}-{parallel}-{batch}"
     if bkey not in ctx.cache:
         mkey = f"tvm-mod-{batch}"
         if mkey not in ctx.cache:
             ctx.cache[mkey] = tuning.export_relax(ctx.module, shape, ctx.name)
         mod, params = ctx.cache[mkey]
-        ctx.cache[bkey] = tuning.build(mod, params, target, db, schedule=schedule, precision=precision)
-    notes = {"rules": "convhub schedule rules, no tuning" + (f", {precision}" if precision != "fp32" else ""),
+        ctx.cache[bkey] = tuning.build(mod, params, target, db, schedule=schedule, precision=precision,
+                                       parallel=parallel)
+    notes = {"rules": "convhub schedule rules, no tuning" + (f", {precision}" if precision != "fp32" else "")
+             + (", fixed per-thread shares" if parallel == "static" else ""),
              "stock": "TVM default pipeline (no schedules)"}
     return ctx.cache[bkey], (f"tuned db {db.name if ctx.tvm_db else _short(db)}" if db else notes[schedule])
 
@@ -146,6 +149,11 @@ def _preset_target(preset: str | None):
 def _tvm_factory(ctx: BenchContext, batch: int) -> Runner:
     compiled, note = _tvm_build(ctx, batch, "rules")
     return Runner(compiled.run_numpy, note=note)  # numpy out, like ORT
+
+
+def _tvm_static_factory(ctx: BenchContext, batch: int) -> Runner:
+    compiled, note = _tvm_build(ctx, batch, "rules", parallel="static")
+    return Runner(compiled.run_numpy, note=note)
 
 
 def _tvm_bf16_factory(ctx: BenchContext, batch: int) -> Runner:
@@ -182,6 +190,7 @@ BACKENDS: dict[str, Callable[[BenchContext, int], Runner]] = {
     "torch": _torch_factory,
     "onnxruntime": _ort_factory,
     "tvm": _tvm_factory,
+    "tvm-static": _tvm_static_factory,  # "tvm" with TVM's fixed per-thread shares (compile.schedules.work_sharing)
     "tvm-bf16": _tvm_bf16_factory,
     "tvm-tuned": _tvm_tuned_factory,
     "tvm-untuned": _tvm_untuned_factory,

@@ -204,9 +204,10 @@ class Compiled:
 
 
 def build(mod, params: list, target, work_dir: Path | str | None = None, *, schedule: str = "rules",
-          precision: str = "fp32") -> Compiled:
+          precision: str = "fp32", parallel: str = "shared") -> Compiled:
     """Build for the host CPU. With `work_dir`: its tuned schedules, weights pre-packed. Without: our schedule
-    rules (compile.cpu_pipeline, schedule="rules"; `precision` "bf16" as `convhub compile --precision bf16`) or TVM's
+    rules (compile.cpu_pipeline, schedule="rules"; `precision` "bf16" as `convhub compile --precision bf16`;
+    `parallel` "static" for TVM's fixed per-thread shares instead of compile.schedules.work_sharing) or TVM's
     stock default pipeline (schedule="stock")."""
     import tvm
     from tvm import relax
@@ -216,7 +217,7 @@ def build(mod, params: list, target, work_dir: Path | str | None = None, *, sche
     target = make_target(target)
     dev = tvm.cpu()
     ex = compile_relax(mod, target, database=Path(work_dir) if work_dir is not None else None, prepack=True,
-                       schedule=schedule, precision=precision)
+                       schedule=schedule, precision=precision, parallel=parallel)
     vm = relax.VirtualMachine(ex, dev)
     tparams = [tvm.runtime.tensor(p.numpy() if hasattr(p, "numpy") else p, dev) for p in params]
     transform = params_transform_of(ex)
