@@ -21,26 +21,16 @@ def _accumulate(rows: int | None):
     """b[i, :] += a[i, :] over a parallel loop of `rows` iterations (None: a symbolic number of rows)."""
     from tvm.script import tirx as T
 
-    if rows is None:
-        @T.prim_func(s_tir=True)
-        def func(a_h: T.handle, b_h: T.handle):
-            n = T.int64()
-            a = T.match_buffer(a_h, (n, 64), "float32")
-            b = T.match_buffer(b_h, (n, 64), "float32")
-            for i in T.parallel(n):
-                for j in T.vectorized(64):
-                    with T.sblock("acc"):
-                        vi, vj = T.axis.remap("SS", [i, j])
-                        b[vi, vj] = b[vi, vj] + a[vi, vj]
-        return func
+    n = rows if rows is not None else tvm.tirx.Var("n", "int64")
 
     @T.prim_func(s_tir=True)
-    def func(a: T.Buffer((rows, 64), "float32"), b: T.Buffer((rows, 64), "float32")):
-        for i in T.parallel(rows):
+    def func(a: T.Buffer((n, 64), "float32"), b: T.Buffer((n, 64), "float32")):
+        for i in T.parallel(n):
             for j in T.vectorized(64):
                 with T.sblock("acc"):
                     vi, vj = T.axis.remap("SS", [i, j])
                     b[vi, vj] = b[vi, vj] + a[vi, vj]
+
     return func
 
 
