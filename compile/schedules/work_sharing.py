@@ -24,9 +24,9 @@ inlined, as compile.schedules.bf16 does for its intrinsic.
 
 Each chunk costs one atomic add on a cache line the threads share (~0.1 us), so K is sized by the loop's work
 (`body_cost`): about CHUNK_COST statements a chunk, MIN_CHUNKS to CHUNKS of them; a static loop with less work than
-MIN_CHUNKS chunks keeps TVM's fixed shares. Measured (docs/performance.md "Work sharing"): with per-chunk heap
-allocations hoisted and guided chunks, lite0 / mobilenet_v3_large / resnet-conv ran 3-13 % faster idle and up to 18 %
-faster with another process taking 20 % of a core, and never slower at batch 8.
+MIN_CHUNKS chunks keeps TVM's fixed shares. Measured (docs/performance.md "Work sharing"): lite0, mobilenet_v3_large
+and resnet-conv at batch 1 and 8 took 0.86-0.98 of the fixed shares' time idle and 0.85-0.99 with another process
+taking 20 % of a core; never more.
 """
 from __future__ import annotations
 
