@@ -115,6 +115,8 @@ def compile_relax(mod, target, *, database: Path | None = None, prepack: bool = 
     dlight silently drops the CUDA module).
     """
     from ._tvm import relax, tvm
+    if parallel not in PARALLEL:
+        raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
     if database is not None:
         from .tuning import apply_database
         return tvm.compile(apply_database(mod, target, database, prepack=prepack), target=target)

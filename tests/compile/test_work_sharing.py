@@ -163,3 +163,6 @@ def test_compile_model_refuses_an_unknown_parallel_mode(tmp_path):
     with pytest.raises(CompileError, match="parallel must be one of shared, static"):
         compile_model("efficientnet-lite0", out=tmp_path / "a", parallel="dynamic")
     assert not (tmp_path / "a").exists()
+    from compile.build import compile_relax
+    with pytest.raises(ValueError, match="parallel must be one of shared, static, got 'dynamic'"):
+        compile_relax(tvm.IRModule(), tvm.target.Target({"kind": "llvm"}), parallel="dynamic")
