@@ -68,8 +68,6 @@ def _shared_loop(loop: tirx.For) -> tirx.Stmt:
     """`loop` (parallel, from 0) as K guided chunks taken from a counter (see the module docstring)."""
     extent = loop.extent
     dtype = str(extent.ty.dtype)
-    # truncdiv, not floordiv: the operands are never negative, and TVM lowers a signed floordiv with Let bindings
-    # that its LLVM code generator rejected in bf16 kernels ("Let cannot bind the same var to two different values")
 
     def const(v: int) -> tirx.PrimExpr:
         return tirx.const(v, dtype)
@@ -87,7 +85,11 @@ def _shared_loop(loop: tirx.For) -> tirx.Stmt:
         return tirx.BufferStore(current, tirx.Cast("int32", fetched), [0])
 
     def bound(k: tirx.PrimExpr) -> tirx.PrimExpr:
-        return extent - tirx.truncdiv(extent * (chunks - k) * (chunks - k), chunks * chunks)
+        # in int64 (an int32 extent times K^2 can overflow); truncdiv, not floordiv: nothing here is negative, and
+        # TVM lowers a signed floordiv with Let bindings that its LLVM code generator rejected in bf16 kernels
+        # ("Let cannot bind the same var to two different values")
+        wide, left = tirx.Cast("int64", extent), tirx.Cast("int64", chunks - k)
+        return extent - tirx.Cast(dtype, tirx.truncdiv(wide * left * left, tirx.Cast("int64", chunks * chunks)))
 
     chunk = tirx.Cast(dtype, tirx.BufferLoad(current, [0]))
     lo, hi = tirx.Var("chunk_begin", dtype), tirx.Var("chunk_end", dtype)
@@ -132,8 +134,7 @@ def _rewrite(func: tirx.PrimFunc) -> tirx.PrimFunc:
     body = structural_map(func.body, [(tirx.For, lambda s: post(s) or s)])
     if body.same_as(func.body):
         return func
-    # the helper is linked in before the function's first statement: a call emitted before the import would leave
-    # an external declaration that the (internal) definition linked later does not resolve
+    # one import of the helper per function, ahead of every call in it
     return func.with_body(tirx.AttrStmt(tvm.ir.StringImm(FETCH_ADD), "pragma_import_llvm", tvm.ir.StringImm(LLVM_IR),
                                         body))
 

@@ -65,6 +65,25 @@ def test_every_iteration_runs_exactly_once(tiny_chunks, rows):
         assert _atomics(lib) > 0, "the loop was not rewritten into shared chunks"
 
 
+def test_chunk_bounds_do_not_overflow_on_long_loops(tiny_chunks):
+    """16 chunks over 2^24 iterations: extent x K^2 is past int32, so the bounds are computed in int64."""
+    from tvm.script import tirx as T
+
+    n = 1 << 24
+
+    @T.prim_func(s_tir=True)
+    def func(a: T.Buffer((n,), "float32"), b: T.Buffer((n,), "float32")):
+        for i in T.parallel(n):
+            with T.sblock("acc"):
+                vi = T.axis.remap("S", [i])
+                b[vi] = b[vi] + a[vi]
+
+    a = np.arange(n, dtype=np.float32)
+    b = tvm.runtime.tensor(np.zeros_like(a))
+    _build(func)["main"](tvm.runtime.tensor(a), b)
+    np.testing.assert_array_equal(b.numpy(), a)
+
+
 def test_symbolic_extent_is_shared_at_any_size():
     lib = _build(_accumulate(None))  # default chunk sizes: a symbolic loop is always shared
     if X86:
