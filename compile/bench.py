@@ -146,14 +146,9 @@ def _preset_target(preset: str | None):
     return p.name, p.target
 
 
-def _tvm_factory(ctx: BenchContext, batch: int) -> Runner:
-    compiled, note = _tvm_build(ctx, batch, "rules")
+def _tvm_factory(ctx: BenchContext, batch: int, parallel: str = "shared") -> Runner:
+    compiled, note = _tvm_build(ctx, batch, "rules", parallel=parallel)
     return Runner(compiled.run_numpy, note=note)  # numpy out, like ORT
-
-
-def _tvm_static_factory(ctx: BenchContext, batch: int) -> Runner:
-    compiled, note = _tvm_build(ctx, batch, "rules", parallel="static")
-    return Runner(compiled.run_numpy, note=note)
 
 
 def _tvm_bf16_factory(ctx: BenchContext, batch: int) -> Runner:
@@ -190,7 +185,8 @@ BACKENDS: dict[str, Callable[[BenchContext, int], Runner]] = {
     "torch": _torch_factory,
     "onnxruntime": _ort_factory,
     "tvm": _tvm_factory,
-    "tvm-static": _tvm_static_factory,  # "tvm" with TVM's fixed per-thread shares (compile.schedules.work_sharing)
+    # "tvm" with TVM's fixed per-thread shares instead of compile.schedules.work_sharing
+    "tvm-static": lambda ctx, batch: _tvm_factory(ctx, batch, parallel="static"),
     "tvm-bf16": _tvm_bf16_factory,
     "tvm-tuned": _tvm_tuned_factory,
     "tvm-untuned": _tvm_untuned_factory,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import tirx
-from tvm_ffi.structural import structural_map
+from tvm_ffi.structural import structural_map, structural_walk
 
 CHUNKS = 16  # at most this many chunks per parallel loop (fewer when it holds less work, see CHUNK_COST)
 MIN_CHUNKS = 4  # a loop with less work than this many chunks keeps TVM's fixed shares (no atomics at all)
@@ -64,15 +64,16 @@ def body_cost(stmt) -> int:
     return body_cost(body) if isinstance(body, tirx.Stmt) else 0
 
 
-def _shared_loop(loop: tirx.For) -> tirx.Stmt:
-    """`loop` (parallel, from 0) as K guided chunks taken from a counter (see the module docstring)."""
+def _shared_loop(loop: tirx.For, cost: int) -> tirx.Stmt:
+    """`loop` (parallel, from 0, `cost` = body_cost of its body) as K guided chunks taken from a counter (see the
+    module docstring)."""
     extent = loop.extent
     dtype = str(extent.ty.dtype)
 
     def const(v: int) -> tirx.PrimExpr:
         return tirx.const(v, dtype)
 
-    per_chunk = max(1, -(-CHUNK_COST // max(1, body_cost(loop.body))))  # iterations of CHUNK_COST on average
+    per_chunk = max(1, -(-CHUNK_COST // max(1, cost)))  # iterations of CHUNK_COST on average
     # MIN_CHUNKS..CHUNKS chunks, never more than iterations (a symbolic extent may be small at run time)
     chunks = tirx.min(extent, tirx.max(const(MIN_CHUNKS), tirx.min(const(CHUNKS),
                                                                    tirx.truncdiv(extent, const(per_chunk)))))
@@ -82,7 +83,7 @@ def _shared_loop(loop: tirx.For) -> tirx.Stmt:
     def take() -> tirx.Stmt:
         fetched = tirx.call_extern("int32", FETCH_ADD, tirx.address_of(tirx.BufferLoad(counter, [0])),
                                    tirx.const(1, "int32"))
-        return tirx.BufferStore(current, tirx.Cast("int32", fetched), [0])
+        return tirx.BufferStore(current, fetched, [0])
 
     def bound(k: tirx.PrimExpr) -> tirx.PrimExpr:
         # in int64 (an int32 extent times K^2 can overflow); truncdiv, not floordiv: nothing here is negative, and
@@ -121,17 +122,18 @@ def _leading_allocs(body: tirx.Stmt, loop_var: tirx.Var) -> tuple[list, tirx.Stm
 
 def _uses(shape, var: tirx.Var) -> bool:
     found = []
-    structural_map(list(shape), [(tirx.Var, lambda v: found.append(v) or v)])
+    structural_walk(list(shape), [(tirx.Var, found.append)])
     return any(v.same_as(var) for v in found)
 
 
 def _rewrite(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    def post(stmt):
-        if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.PARALLEL and _is_zero(stmt.min) and _worth(stmt):
-            return _shared_loop(stmt)
-        return None
+    def post(loop: tirx.For) -> tirx.Stmt:
+        if loop.kind != tirx.ForKind.PARALLEL or not _is_zero(loop.min):
+            return loop
+        cost = body_cost(loop.body)
+        return _shared_loop(loop, cost) if _worth(loop, cost) else loop
 
-    body = structural_map(func.body, [(tirx.For, lambda s: post(s) or s)])
+    body = structural_map(func.body, [(tirx.For, post)])
     if body.same_as(func.body):
         return func
     # one import of the helper per function, ahead of every call in it
@@ -139,12 +141,12 @@ def _rewrite(func: tirx.PrimFunc) -> tirx.PrimFunc:
                                         body))
 
 
-def _worth(loop: tirx.For) -> bool:
-    """Whether a parallel loop holds enough work for MIN_CHUNKS chunks of CHUNK_COST (a symbolic extent, a dynamic
-    batch, counts as enough: it is the batched entry)."""
+def _worth(loop: tirx.For, cost: int) -> bool:
+    """Whether a parallel loop whose body costs `cost` holds enough work for MIN_CHUNKS chunks of CHUNK_COST (a
+    symbolic extent, a dynamic batch, counts as enough: it is the batched entry)."""
     if not isinstance(loop.extent, tirx.IntImm):
         return True
-    return loop.extent.value * body_cost(loop.body) >= MIN_CHUNKS * CHUNK_COST
+    return loop.extent.value * cost >= MIN_CHUNKS * CHUNK_COST
 
 
 def _is_zero(e: tirx.PrimExpr) -> bool:

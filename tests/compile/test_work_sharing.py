@@ -120,13 +120,10 @@ def test_body_cost_multiplies_loops_and_takes_the_larger_branch():
     seen = []
 
     def capture(mod, _ctx):
+        from tvm_ffi.structural import structural_walk
         for f in mod.functions.values():
-            def visit(s):
-                if isinstance(s, tvm.tirx.For) and s.kind == tvm.tirx.ForKind.PARALLEL:
-                    seen.append(work_sharing.body_cost(s.body))
-                return s
-            from tvm_ffi.structural import structural_map
-            structural_map(f.body, [(tvm.tirx.For, visit)])
+            structural_walk(f.body, [(tvm.tirx.For, lambda s: seen.append(work_sharing.body_cost(s.body))
+                                      if s.kind == tvm.tirx.ForKind.PARALLEL else None)])
         return mod
 
     from tvm.s_tir.pipeline import default_s_tir_pipeline
