@@ -240,7 +240,8 @@ def schedule_rules():
     from tvm.s_tir import dlight
     from .schedules.cpu_rules import conv_nhwc, injective
     from .schedules.pool_rules import channels_last_pool
-    return [conv_nhwc, injective, channels_last_pool, dlight.cpu.Reduction()]
+    from .schedules.winograd import winograd
+    return [winograd, conv_nhwc, injective, channels_last_pool, dlight.cpu.Reduction()]
 
 
 def scheduling_passes(target: "tvm.target.Target", precision: str = "fp32", stats: dict | None = None) -> list:

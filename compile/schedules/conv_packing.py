@@ -13,6 +13,7 @@ from tvm.target import Target
 from .bf16 import EXTERN, depthwise_from_bf16, depthwise_reads_bf16, from_bf16_bits, pack_weight_bf16, round_to_bf16
 from .cpu_rules import (isa_for_channels, pixel_row, static_extent, static_shape, tile_choices, tile_isa,
                         vector_isa)
+from .winograd import legalize as legalize_winograd, use_winograd
 
 
 def pack_weight(weight: te.Tensor, block: int) -> te.Tensor:
@@ -101,6 +102,9 @@ def legalize_conv2d(bb, call, precision: str = "fp32", bf16_taken: list | None =
     isa = isa_for_channels(vector_isa(Target.current()), k)
     if isa is None:
         return default(bb, call)
+    tile = use_winograd(a, wshape, o_info.shape.values, w_info.dtype, vector_isa(Target.current()))
+    if tile and precision == "fp32":
+        return legalize_winograd(bb, data, weight, o_info.shape.values, tile, vector_isa(Target.current()))
     height, width = static_extent(o_info.shape[1]), int(o_info.shape[2])
     pointwise = (not channels_first and wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides)
                  and not any(int(v) for v in a.padding))
