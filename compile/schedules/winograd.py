@@ -62,10 +62,12 @@ def tiles(height: int, width: int, m: int) -> tuple[int, int]:
 
 def gemm_rows(tile_count: int, out_channels: int, isa: VectorISA) -> int:
     """Tile rows per image in V and M: `tile_count` padded (by at most ROW_PAD_MAX) to the count whose GEMM register
-    tile is best, as compile.schedules.cpu_rules.pixel_row does for 1x1 convs (49 tiles allow only 7 x 2)."""
-    def quality(rows: int) -> tuple[int, int]:
+    tile does the most useful work, as compile.schedules.cpu_rules.pixel_row does for 1x1 convs (49 tiles allow only
+    7 x 2 = 14 accumulators, 52 allow 13 x 2; 4 tiles stay 4: 6 would allow 6 x 4 but half the rows would be padding)."""
+    def quality(rows: int) -> tuple[float, int]:
+        # accumulators (up to the target) per row computed, counting only the rows that are real tiles
         tw, tk = tile_choices(rows, out_channels, isa)
-        return min(tw * tk, isa.acc_target), -rows
+        return min(tw * tk, isa.acc_target) * tile_count / rows, -rows
     pad = max(3, int(tile_count * ROW_PAD_MAX))
     return max(range(tile_count, tile_count + pad + 1), key=quality)
 
@@ -237,10 +239,12 @@ def _schedule_gemm(sch: s_tir.Schedule, isa: VectorISA) -> None:
     tw, _ = tile_choices(rows, out_ch, kisa, tk)
     t_o, t_i = sch.split(t, [None, tw])
     k_o, k_t, k_l = sch.split(k, [None, tk, kisa.lanes])
-    sch.reorder(e, n, k_o, t_o, rc, t_i, k_t, k_l)
+    # one channel block of one point's weights (C x tk vectors: 16-128 KB) stays in L1/L2 for every image's rows;
+    # images outside the blocks re-read all of U[point] (up to 1 MB) per image from L3
+    sch.reorder(e, k_o, n, t_o, rc, t_i, k_t, k_l)
     acc = sch.cache_write(blk, 0, "local")
     sch.reverse_compute_at(acc, t_o, preserve_unit_loops=True)
-    sch.parallel(sch.fuse(e, n))
+    sch.parallel(sch.fuse(e, k_o))
     sch.vectorize(k_l)
     sch.unroll(k_t)
     sch.unroll(t_i)

@@ -59,6 +59,7 @@ def test_gemm_rows_pad_to_a_full_register_tile():
     isa = winograd.VectorISA(16, 32, 24)
     assert winograd.gemm_rows(49, 128, isa) == 52  # 49 tiles allow only 7 x 2; 52 allow 13 x 2
     assert winograd.gemm_rows(196, 64, isa) == 196  # 14 x 2 already
+    assert winograd.gemm_rows(4, 512, isa) == 4  # 6 x 4 tiles would compute 50 % padding
     rows = winograd.gemm_rows(16, 256, isa)
     assert 16 <= rows <= 16 + 3
 
