@@ -546,16 +546,22 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         sch.unroll(rx)
     init = sch.decompose_reduction(conv, ry)
     # the tile's own loops: the init's w, f_k, f_l; the write-back's n, h, w, f (unit n, h)
-    for blk, own in ((init, 3), (acc, 4)):
-        _, f_v = sch.split(sch.get_loops(blk)[-1], [None, isa.lanes])
-        sch.vectorize(f_v)
-        for lp in sch.get_loops(blk)[-own - 1:-1]:
-            sch.unroll(lp)
+    unroll_tile_loops(sch, ((init, 3), (acc, 4)), isa.lanes)
     if pairs:
         from .bf16 import LLVM_IR, dot_intrin
         sch.tensorize(f_l, dot_intrin(isa.lanes))
         sch.annotate(parallel, "pragma_import_llvm", LLVM_IR)  # the intrinsic's LLVM helper, linked once per kernel
     return sch
+
+
+def unroll_tile_loops(sch: s_tir.Schedule, blocks, lanes: int) -> None:
+    """For (block, n) pairs of a register tile's init and write-back: the innermost loop vectorized by `lanes`, the
+    n loops around it unrolled."""
+    for blk, own in blocks:
+        _, v = sch.split(sch.get_loops(blk)[-1], [None, lanes])
+        sch.vectorize(v)
+        for lp in sch.get_loops(blk)[-own - 1:-1]:
+            sch.unroll(lp)
 
 
 @ScheduleRule.from_callable("Injective")

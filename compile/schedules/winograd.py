@@ -13,23 +13,22 @@ conv becomes three kernels:
 3. `winograd_output`: Y = A^T M A per tile, cut to the output size, with the conv's epilogue (folded BatchNorm,
    ReLU, residual add) fused into the write.
 
-The transforms are written out as sums of their non-zero terms (their matrices are mostly 0 and +-1), selected by
+The transforms are written out as sums of their non-zero terms (their matrices are mostly zeros and small integers), selected by
 the transform point; unrolled over the points, each tile's input (or M) vectors are loaded once into registers.
 Numerics: fp32 throughout; the transforms' rounding makes results differ from the direct conv by ~1e-6 (m = 2)
-to ~1e-5 (m = 4) relative, far inside compile.verify's cosine bar. When it pays (`use_winograd`): ResNet-50's 3x3
-convs (a third of resnet-conv's time at batch 8) and any 3x3 stride-1 conv with enough tiles per weight.
+to ~1e-5 (m = 4) relative, far inside compile.verify's cosine bar. Taken by every fp32 3x3 stride-1 conv that
+`use_winograd` accepts (ResNet's 3x3 convs: a third of resnet-conv's time at batch 8 before, docs/performance.md).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import tvm
 from tvm import s_tir, te, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from .cpu_rules import VectorISA, isa_for_channels, static_extent, tile_choices, vector_isa
+from .cpu_rules import VectorISA, isa_for_channels, static_extent, tile_choices, unroll_tile_loops, vector_isa
 
 INPUT, GEMM, OUTPUT, WEIGHT = "winograd_input", "winograd_gemm", "winograd_output", "winograd_weight"
 TILE = 4  # m: output tile side (F(4x4, 3x3)); 2 is F(2x2, 3x3)
@@ -219,7 +218,7 @@ def _schedule_input(sch: s_tir.Schedule, isa: VectorISA) -> None:
     sch.reorder(n, t, c_o, e, c_l)
     sch.set_scope(tile_blk, 0, "local")
     sch.compute_at(tile_blk, c_o)
-    *_, i, j, cl = sch.get_loops(tile_blk)[-5:]
+    i, j, cl = sch.get_loops(tile_blk)[-3:]
     sch.unroll(i)
     sch.unroll(j)
     sch.vectorize(cl)
@@ -249,11 +248,7 @@ def _schedule_gemm(sch: s_tir.Schedule, isa: VectorISA) -> None:
     sch.unroll(k_t)
     sch.unroll(t_i)
     init = sch.decompose_reduction(blk, rc)
-    for b, own in ((init, 2), (acc, 3)):
-        _, v = sch.split(sch.get_loops(b)[-1], [None, kisa.lanes])
-        sch.vectorize(v)
-        for lp in sch.get_loops(b)[-own - 1:-1]:
-            sch.unroll(lp)
+    unroll_tile_loops(sch, ((init, 2), (acc, 3)), kisa.lanes)
 
 
 def _schedule_output(sch: s_tir.Schedule, isa: VectorISA) -> None:
@@ -270,8 +265,8 @@ def _schedule_output(sch: s_tir.Schedule, isa: VectorISA) -> None:
     tx, b = sch.split(x, [None, m])
     k_o, k_l = sch.split(k, [None, lanes])
     sch.reorder(n, ty, tx, k_o, a, b, k_l)
-    mm = [i for i, r in enumerate(sch.get(last).reads) if r.source.name == GEMM or
-          len(r.source.shape) == 4 and static_extent(r.source.shape[0]) == (m + 2) ** 2]
+    mm = [i for i, r in enumerate(sch.get(last).reads)
+          if len(r.source.shape) == 4 and static_extent(r.source.shape[0]) == (m + 2) ** 2]
     cache = sch.cache_read(last, mm[0], "local")
     sch.compute_at(cache, k_o)
     cl = sch.get_loops(cache)
