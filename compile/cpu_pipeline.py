@@ -7,7 +7,8 @@ Steps, each for a measured reason (docs/performance.md):
    the register-blocked rule vectorizes over; layout transforms remain only at the input and the outputs. A stem
    with little work per input value (3x3 on 3 channels) then reads the NCHW input itself (`_stem_reads_nchw`).
 3. Constants (BatchNorm statistics) folded with numpy, then Legalize, with regular convs against weights packed
-   per channel block (compile.schedules.conv_packing).
+   per channel block (compile.schedules.conv_packing), 3x3 stride-1 ones as Winograd F(4x4, 3x3)
+   (compile.schedules.winograd).
 4. LiftTransformParams: weight transposes and packing (and folded BatchNorm constants) move to
    `transform_params`, run once when an artifact loads (compile.artifact), not on every call. A dynamic-batch
    `main` is compiled twice, as itself and with the batch bound to 1 (`main_batch1`); both share that transform.

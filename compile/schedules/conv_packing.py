@@ -77,7 +77,8 @@ def conv2d_pixels_packed(data: te.Tensor, wp: te.Tensor, row: int) -> te.Tensor:
 
 
 def legalize_conv2d(bb, call, precision: str = "fp32", bf16_taken: list | None = None):
-    """Regular fp32 NHWC/HWIO convs with static weight/width shapes -> pack + packed conv; others -> TOPI.
+    """Regular fp32 NHWC/HWIO convs with static weight/width shapes -> pack + packed conv, or Winograd for 3x3
+    stride-1 ones (compile.schedules.winograd); others -> TOPI.
     `precision` "bf16": such convs on NHWC input with an even channel count read their input rounded to bf16
     (compile.schedules.bf16) against bf16 weights, depthwise convs on large maps their input only (fp32 math), and
     both are appended to `bf16_taken`; the stems reading NCHW (3 channels) stay fp32."""
@@ -102,9 +103,10 @@ def legalize_conv2d(bb, call, precision: str = "fp32", bf16_taken: list | None =
     isa = isa_for_channels(vector_isa(Target.current()), k)
     if isa is None:
         return default(bb, call)
-    tile = use_winograd(a, wshape, o_info.shape.values, w_info.dtype, vector_isa(Target.current()))
-    if tile and precision == "fp32":
-        return legalize_winograd(bb, data, weight, o_info.shape.values, tile, vector_isa(Target.current()))
+    target_isa = vector_isa(Target.current())
+    tile = use_winograd(a, wshape, o_info.shape.values, w_info.dtype, target_isa) if precision == "fp32" else 0
+    if tile:  # 3x3 stride-1 (compile.schedules.winograd); bf16 builds keep their bf16 direct convs (faster)
+        return legalize_winograd(bb, data, weight, o_info.shape.values, tile, target_isa)
     height, width = static_extent(o_info.shape[1]), int(o_info.shape[2])
     pointwise = (not channels_first and wshape[:2] == [1, 1] and all(int(v) == 1 for v in a.strides)
                  and not any(int(v) for v in a.padding))
