@@ -268,7 +268,7 @@ def _tile_nhwc_to_nchw(sch: s_tir.Schedule, block) -> bool:
     the width takes 8-pixel tiles, tiles walk a row; otherwise (7, 14, 28 wide) rows and columns are fused into one
     pixel axis. False (and nothing changed) for anything else, or where no tile divides the channels or pixels.
 
-    Timed alone on a Zen 4 VM against the loop order of _schedule_plain_loops (stride-C gathers), batch 8:
+    Timed alone on a Zen 4 VM against the loop order of schedule_plain_loops (stride-C gathers), batch 8:
     112x112x16 0.36 -> 0.18 ms, 56x56x24 0.24 -> 0.11, 28x28x40 0.09 -> 0.05, 7x7x960 0.20 -> 0.07; batch 1
     56x56x256 0.35 -> 0.10, 7x7x2048 0.08 -> 0.03."""
     loops = sch.get_loops(block)
@@ -305,7 +305,7 @@ def _tile_nhwc_to_nchw(sch: s_tir.Schedule, block) -> bool:
     return True
 
 
-def _schedule_plain_loops(sch: s_tir.Schedule, block, vector_lanes: int) -> None:
+def schedule_plain_loops(sch: s_tir.Schedule, block, vector_lanes: int) -> None:
     """Parallel over everything but the innermost loop, which is vectorized when it divides evenly (NHWC -> NCHW
     transposes go in register tiles instead, _tile_nhwc_to_nchw).
 
@@ -451,7 +451,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
         if _is_copy(sch, b) or depthwise or channels_first:
             sch.compute_inline(b)
         else:
-            _schedule_plain_loops(sch, b, isa.lanes)
+            schedule_plain_loops(sch, b, isa.lanes)
     # Epilogue chain: inline all but the last into their consumers; the last goes into the tile write-back.
     epilogue = blocks[ci + 1:]
     if fuse_epilogue != "separate":
@@ -459,7 +459,7 @@ def _schedule_conv(func: tirx.PrimFunc, target: Target, fuse_epilogue: str,
             sch.compute_inline(b)
     else:
         for b in epilogue:
-            _schedule_plain_loops(sch, b, isa.lanes)
+            schedule_plain_loops(sch, b, isa.lanes)
     # 5-D reads: an input stored in channel blocks of one vector (compile.schedules.channel_blocks), or a regular
     # conv's packed weights (compile.conv_packing), whose block fixes tk
     reads = [r.source for r in sch.get(conv).reads]
@@ -578,6 +578,6 @@ def injective(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Sched
         try:
             sch.compute_inline(b)
         except Exception:  # noqa: BLE001 - a block that cannot be inlined simply stays a loop nest of its own
-            _schedule_plain_loops(sch, b, vector_isa(target).lanes)
-    _schedule_plain_loops(sch, blocks[-1], vector_isa(target).lanes)
+            schedule_plain_loops(sch, b, vector_isa(target).lanes)
+    schedule_plain_loops(sch, blocks[-1], vector_isa(target).lanes)
     return sch

@@ -224,14 +224,14 @@ def test_nhwc_to_nchw_tiles_match_numpy(shape, tiled):
     import tvm
     from tvm import s_tir, te
 
-    from compile.schedules.cpu_rules import _schedule_plain_loops
+    from compile.schedules.cpu_rules import schedule_plain_loops
     from compile.targets import get_preset
 
     n, h, w, c = shape
     a = te.placeholder(shape, "float32", name="a")
     b = te.compute((n, c, h, w), lambda i, k, y, x: a[i, y, x, k], name="T_transpose")
     sch = s_tir.Schedule(te.create_prim_func([a, b]))
-    _schedule_plain_loops(sch, sch.get_sblock("T_transpose"), 16)
+    schedule_plain_loops(sch, sch.get_sblock("T_transpose"), 16)
     assert ('scope="local"' in sch.mod.script()) == tiled
     lib = tvm.tirx.build(sch.mod, target=tvm.target.Target(get_preset("host").tvm_target()))
     x = np.random.RandomState(0).rand(*shape).astype("float32")
