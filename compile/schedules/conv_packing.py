@@ -100,10 +100,10 @@ def legalize_conv2d(bb, call, precision: str = "fp32", bf16_taken: list | None =
             or static_extent(o_info.shape[2]) is None):
         return default(bb, call)
     k = wshape[3]
-    isa = isa_for_channels(vector_isa(Target.current()), k)
+    target_isa = vector_isa(Target.current())
+    isa = isa_for_channels(target_isa, k)
     if isa is None:
         return default(bb, call)
-    target_isa = vector_isa(Target.current())
     tile = use_winograd(a, wshape, o_info.shape.values, w_info.dtype, target_isa) if precision == "fp32" else 0
     if tile:  # 3x3 stride-1 (compile.schedules.winograd); bf16 builds keep their bf16 direct convs (faster)
         return legalize_winograd(bb, data, weight, o_info.shape.values, tile, target_isa)

@@ -32,6 +32,7 @@ from .cpu_rules import (VectorISA, isa_for_channels, schedule_plain_loops, stati
                         unroll_tile_loops, vector_isa)
 
 INPUT, GEMM, OUTPUT, WEIGHT = "winograd_input", "winograd_gemm", "winograd_output", "winograd_weight"
+INPUT_TILE = "winograd_tile"  # the padded input tiles the input transform reads (kept in registers)
 TILE = 4  # m: output tile side (F(4x4, 3x3)); 2 is F(2x2, 3x3)
 ROW_PAD_MAX = 0.15  # a point's tile rows may be padded by this fraction for a better GEMM register tile
 
@@ -150,7 +151,7 @@ def input_transform(data: te.Tensor, m: int, rows: int) -> te.Tensor:
             tirx.all(t < nh * nw, (t // nw) * m + i >= 1, (t // nw) * m + i <= h,
                      (t % nw) * m + j >= 1, (t % nw) * m + j <= w),
             data[b, (t // nw) * m + i - 1, (t % nw) * m + j - 1, ch], tirx.const(0, data.dtype)),
-        name="winograd_tile")
+        name=INPUT_TILE)
 
     def value(e, b, t, ch):
         return _select(e, [_two_sided(bt, p, q, lambda i, j: tile[b, t, i, j, ch]) for p in range(a) for q in range(a)])
@@ -185,7 +186,7 @@ def output_transform(mm: te.Tensor, m: int, height: int, width: int) -> te.Tenso
 
 def legalize(bb, data, weight, out_shape, m: int, isa: VectorISA):
     """Emit the three kernels (and the weight transform) for a conv2d call that use_winograd accepted."""
-    c, k = (int(d) for d in weight.ty.shape.values[2:])
+    k = int(weight.ty.shape.values[3])
     height, width = int(out_shape[1]), int(out_shape[2])
     kisa = isa_for_channels(isa, k)
     nh, nw = tiles(height, width, m)
@@ -201,10 +202,6 @@ def legalize(bb, data, weight, out_shape, m: int, isa: VectorISA):
 
 def _root_blocks(sch: s_tir.Schedule):
     return sch.get_child_blocks(sch.get_sblock("root"))
-
-
-def _names(sch: s_tir.Schedule, blocks) -> list[str]:
-    return [sch.get(b).name_hint for b in blocks]
 
 
 def _schedule_input(sch: s_tir.Schedule, isa: VectorISA) -> None:
@@ -260,9 +257,11 @@ def _schedule_output(sch: s_tir.Schedule, isa: VectorISA) -> None:
     blocks = _root_blocks(sch)
     (out,) = [b for b in blocks if sch.get(b).name_hint == OUTPUT]
     m = math.isqrt(static_extent(sch.get(out).reads[0].source.shape[0])) - 2
-    nhwc = [static_extent(d) for d in sch.get(out).writes[0].source.shape[1:]]
-    last_i = max(i for i, b in enumerate(blocks)
-                 if [static_extent(d) for d in sch.get(b).writes[0].source.shape[1:]] == nhwc)
+    def image_shape(block) -> list[int | None]:
+        return [static_extent(d) for d in sch.get(block).writes[0].source.shape[1:]]
+
+    nhwc = image_shape(out)
+    last_i = max(i for i, b in enumerate(blocks) if image_shape(b) == nhwc)
     last, after = blocks[last_i], blocks[last_i + 1:]
     for b in blocks[:last_i]:
         sch.compute_inline(b)
@@ -298,10 +297,10 @@ def winograd(func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedu
     if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
         return None
     sch = s_tir.Schedule(func)
-    names = _names(sch, _root_blocks(sch))
+    names = [sch.get(b).name_hint for b in _root_blocks(sch)]
     isa = vector_isa(target)
     try:
-        if INPUT in names and names[-1] == INPUT and names[-2] == "winograd_tile":
+        if INPUT in names and names[-1] == INPUT and names[-2] == INPUT_TILE:
             _schedule_input(sch, isa)
         elif names == [GEMM]:
             _schedule_gemm(sch, isa)
