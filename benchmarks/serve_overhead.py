@@ -69,6 +69,28 @@ def in_process(handles: list, make_batch, seconds: float) -> tuple[float, float]
     return n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n
 
 
+def parse_cpus(text: str | None) -> set[int] | None:
+    """'1', '0,2' or '0-3' as a CPU set; None (all CPUs) when not given."""
+    if not text:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pin_process(cpus: set[int] | None) -> None:
+    """Move every thread of this process (the backend's thread pools included) onto `cpus`."""
+    if not cpus:
+        return
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that just ended
+            pass
+
+
 def server_cpu_s(url: str) -> float:
     """The server process's CPU seconds so far (user + system), from its Prometheus endpoint."""
     with httpx.Client(base_url=url) as c:
@@ -97,8 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the time is split among them)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--server-cpus", default=None,
+                   help="CPUs for the server and the in-process backend, e.g. 0 or 0-3 (default: all)")
+    p.add_argument("--client-cpus", default=None,
+                   help="CPUs for the load generator, e.g. 1 (default: all). Apart from --server-cpus, the "
+                        "load generator's CPU is not taken from the server, as with clients on other machines")
     p.add_argument("--json", default=None, help="also write the results to this file")
     a = p.parse_args(argv)
+    try:
+        server_cpus, client_cpus = parse_cpus(a.server_cpus), parse_cpus(a.client_cpus)
+    except ValueError:
+        p.error(f"--server-cpus/--client-cpus: expected lists like 0 or 0,1 or 0-3, got {a.server_cpus!r} / "
+                f"{a.client_cpus!r}")
+    usable = os.sched_getaffinity(0)
+    for flag, cpus in (("--server-cpus", server_cpus), ("--client-cpus", client_cpus)):
+        if cpus is not None and not cpus <= usable:
+            p.error(f"{flag}: CPUs {sorted(cpus - usable)} are not available; this process may use {sorted(usable)}")
 
     import hub
     import hub.samples
@@ -111,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--modes: choose from {', '.join(MODES)}; got {a.modes!r}")
     if a.instances < 1:
         p.error("--instances must be >= 1")
-    threads = max(1, (os.cpu_count() or 1) // a.instances)
+    threads = max(1, len(server_cpus or usable) // a.instances)
     model_cfg = {"name": a.model, "backend": a.backend}
     if a.artifact:
         model_cfg["artifact"] = a.artifact
@@ -121,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
            "log_level": "warning"}
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     print(f"starting the server ({a.backend}) ...", file=sys.stderr)
-    srv = Server(cfg, work)
+    srv = Server(cfg, work, cpus=server_cpus)
     try:
         srv.wait_ready()
+        pin_process(server_cpus)  # before the backend starts its threads: they inherit it
         backend, report = select.build(a.model, a.backend, threads=threads, max_batch=a.batch,
                                        artifact=Path(a.artifact) if a.artifact else None)
         print(report, file=sys.stderr)
@@ -134,14 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         buf = io.BytesIO()
         photo.save(buf, "JPEG", quality=90)
         # interleave short rounds: other jobs on these cores then load both sides alike
-        acc = {m: {"http": 0.0, "base": 0.0, "decode": 0.0, "lat": [], "errors": 0,
+        acc = {m: {"http": 0.0, "base": 0.0, "decode": 0.0, "lat": [], "errors": 0, "paired": [],
                    "server_cpu": 0.0, "client_cpu": 0.0, "base_cpu_ms": 0.0, "requests": 0}
                for m in modes}
         per = a.seconds / a.rounds
         for _ in range(a.rounds):
             for mode in modes:
                 v = acc[mode]
+                pin_process(server_cpus)
                 speed, base_cpu = in_process(handles, lambda: x, per)
+                pin_process(client_cpus)
                 s0, c0 = server_cpu_s(srv.url), time.process_time()
                 rep = lt.run(srv.url, a.model, duration=per, requests=None, concurrency=a.clients, modes=[mode],
                              batch=1, api_key=None)
@@ -154,10 +193,17 @@ def main(argv: list[str] | None = None) -> int:
                 v["http"] += rep["images_per_s"] / a.rounds
                 v["lat"] += [rep["p50_ms"], rep["p99_ms"]]
                 v["errors"] += rep["errors"]
+                ref = speed
                 if mode == "jpeg":
-                    v["decode"] += in_process(handles, jpeg_batches(buf.getvalue(), pre, a.batch), per)[0] / a.rounds
+                    pin_process(server_cpus)
+                    ref = in_process(handles, jpeg_batches(buf.getvalue(), pre, a.batch), per)[0]
+                    v["decode"] += ref / a.rounds
+                # this VM's speed drifts by tens of % within a minute: a ratio of two measurements seconds apart,
+                # one per round, is steadier than the ratio of the totals
+                v["paired"].append(rep["images_per_s"] / ref)
         rows = [{"mode": m, "http_img_s": v["http"], "in_process_img_s": v["base"],
                  "in_process_with_decode_img_s": v["decode"] or None, "ratio": v["http"] / v["base"],
+                 "paired_ratios": v["paired"], "paired_median": float(np.median(v["paired"])),
                  "p50_ms": float(np.median(v["lat"][0::2])), "p99_ms": float(max(v["lat"][1::2])),
                  "errors": v["errors"], "server_cpu_ms_per_img": 1000 * v["server_cpu"] / max(1, v["requests"]),
                  "client_cpu_ms_per_img": 1000 * v["client_cpu"] / max(1, v["requests"]),
@@ -171,16 +217,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nserving overhead, {a.model}, backend {backend.kind}, {os.cpu_count()} cores ({platform.machine()}), "
           f"{when}; {a.instances} compute instance(s) x {threads} threads; {a.clients} clients x 1 image/request, "
           f"server max batch {a.batch} (delay {a.delay_ms:g} ms), in-process batch {a.batch}, {a.seconds:g} s each in {a.rounds} interleaved rounds")
+    where = lambda cpus: f"CPUs {','.join(map(str, sorted(cpus)))}" if cpus else "all CPUs"
+    print(f"server and in-process backend on {where(server_cpus)}, load generator on {where(client_cpus)}")
     print(f"{'input':8} {'HTTP img/s':>11} {'in-proc img/s':>14} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>7} {'in-proc + decode img/s':>23}   CPU ms/img: {'server':>7} {'client':>7} {'in-proc':>8}")
+          f"{'errors':>7} {'in-proc + decode img/s':>23}   {'paired ratio: median':>20} {'range':>11}   "
+          f"CPU ms/img: {'server':>7} {'client':>7} {'in-proc':>8}")
     for r in rows:
         extra = f"{r['in_process_with_decode_img_s']:23.1f}" if r["in_process_with_decode_img_s"] else f"{'-':>23}"
+        span = f"{min(r['paired_ratios']):.2f}-{max(r['paired_ratios']):.2f}"
         print(f"{r['mode']:8} {r['http_img_s']:11.1f} {r['in_process_img_s']:14.1f} {r['ratio']:7.2f} "
-              f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d} {extra}   {'':11} "
-              f"{r['server_cpu_ms_per_img']:7.2f} {r['client_cpu_ms_per_img']:7.2f} {r['in_process_cpu_ms_per_img']:8.2f}")
+              f"{r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:7d} {extra}   {r['paired_median']:20.2f} {span:>11}   "
+              f"{'':11} {r['server_cpu_ms_per_img']:7.2f} {r['client_cpu_ms_per_img']:7.2f} "
+              f"{r['in_process_cpu_ms_per_img']:8.2f}")
+    print("paired ratio: HTTP img/s over the in-process run just before it (for jpeg: the decode-inclusive run just "
+          "after), one per round")
     if a.json:
         Path(a.json).write_text(json.dumps({"date": when, "backend": backend.kind, "instances": a.instances,
-                                            "threads": threads, "rows": rows}, indent=1))
+                                            "threads": threads, "server_cpus": sorted(server_cpus or []),
+                                            "client_cpus": sorted(client_cpus or []), "rows": rows}, indent=1))
     return 0
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import jsonio
 from .errors import BadRequest, InvalidTensor
 from .limits import check_count
 
@@ -46,7 +47,7 @@ def _reject_constant(name: str):
 def parse_json(raw: bytes, what: str = "request body") -> object:
     """Strict JSON: clear 400 for syntax errors and for NaN/Infinity tokens."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return jsonio.loads(raw, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise BadRequest(f"{what} is not UTF-8 JSON", code="malformed_json") from None
     except json.JSONDecodeError as exc:
@@ -197,12 +198,12 @@ def encode_response(model: str, rid: str | None, outputs: dict[str, np.ndarray],
             meta["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            meta["data"] = arr.ravel().tolist()
+            meta["data"] = arr.ravel()
         out_meta.append(meta)
     resp = {"model_name": model, "model_version": "1", "outputs": out_meta}
     if rid is not None:
         resp["id"] = rid
-    head = json.dumps(resp, separators=(",", ":")).encode()
+    head = jsonio.dumps(resp)
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream",

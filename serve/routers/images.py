@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import numpy as np
@@ -11,6 +10,7 @@ from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from .. import jsonio
 from ..errors import BadRequest, InvalidTensor, UnsupportedMediaType
 from ..images import IMAGE_TYPES, check_content_type, decode, to_input
 from ..limits import check_count, read_body
@@ -99,9 +99,9 @@ async def embed(name: str, request: Request,
                    "X-Shape": ",".join(map(str, arrays[0].shape))}
         return Response(b"".join(a.tobytes() for a in arrays), media_type="application/octet-stream",
                         headers=headers)
+    arrays = {o: np.ascontiguousarray(res[o], dtype=np.float32) for o in outputs}
     if outputs == ["pooled"]:
-        payload = {"model": name, "embeddings": res["pooled"].tolist()}
+        payload = {"model": name, "embeddings": arrays["pooled"]}
     else:
-        payload = {"model": name, "features": {o: {"shape": list(res[o].shape), "data": res[o].tolist()}
-                                               for o in outputs}}
-    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+        payload = {"model": name, "features": {o: {"shape": list(a.shape), "data": a} for o, a in arrays.items()}}
+    return Response(jsonio.dumps(payload), media_type="application/json")

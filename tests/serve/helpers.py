@@ -31,9 +31,11 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m serve --config FILE --port P` in a subprocess; waits until /v2/health/ready is 200."""
+    """`python -m serve --config FILE --port P` in a subprocess (on `cpus` when given); waits until
+    /v2/health/ready is 200."""
 
-    def __init__(self, config: dict, workdir: Path, *, extra_args: tuple[str, ...] = ()):
+    def __init__(self, config: dict, workdir: Path, *, extra_args: tuple[str, ...] = (),
+                 cpus: set[int] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = workdir / "serve.yaml"
@@ -42,7 +44,9 @@ class Server:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "serve", "--config", str(cfg), "--host", "127.0.0.1",
                                       "--port", str(self.port), *extra_args],
-                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     # set before exec: every thread the server starts inherits it
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -22,6 +22,7 @@ def test_serve_overhead_smoke(tmp_path):
     for row in rows.values():
         assert row["errors"] == 0 and row["http_img_s"] > 0 and row["in_process_img_s"] > 0
         assert row["ratio"] == row["http_img_s"] / row["in_process_img_s"]
+        assert len(row["paired_ratios"]) == 1 and row["paired_median"] == row["paired_ratios"][0] > 0
         assert row["server_cpu_ms_per_img"] > 0
     assert rows["jpeg"]["in_process_with_decode_img_s"] > 0
     assert "compute instance(s)" in r.stdout  # the printed table says how the server ran
