@@ -8,6 +8,8 @@ uploads. Prints a table, with the CPU each side spent per image (server process,
 process, the bare backend) so the overhead can be placed.
 
     python benchmarks/serve_overhead.py --backend onnxruntime --clients 8 --batch 8 --seconds 10
+    python benchmarks/serve_overhead.py --backend tvm --artifact DIR --rounds 8 --seconds 32 \
+        --server-cpus 0 --client-cpus 1     # load generator off the server's core (how the README goal is read)
 """
 from __future__ import annotations
 
