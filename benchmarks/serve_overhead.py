@@ -79,6 +79,8 @@ def parse_cpus(text: str | None) -> set[int] | None:
     for part in text.split(","):
         lo, _, hi = part.partition("-")
         cpus.update(range(int(lo), int(hi or lo) + 1))
+    if not cpus:  # a range like 3-1
+        raise ValueError(text)
     return cpus
 
 
