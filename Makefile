@@ -36,7 +36,7 @@ bench: setup
 
 # bounded soak against a server started with `make run` (loopback only; stops by itself)
 soak: setup
-	$(BIN)/python scripts/load_test.py --url http://127.0.0.1:8000 --requests 3000 --duration 1200 --concurrency 8
+	$(BIN)/python scripts/load_test.py --url http://127.0.0.1:8000 --requests 3000 --duration 1200 --concurrency 8 --rss-every 15
 
 # extend the shipped tuning databases in the background (log in tune-*.log); resumable
 TUNE_MODEL ?= efficientnet-lite0

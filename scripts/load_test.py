@@ -17,6 +17,7 @@ import io
 import json
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,9 +185,32 @@ def server_rss(client: httpx.Client) -> float | None:
     return rss / 2**20 if rss is not None else None
 
 
+class _RssSampler(threading.Thread):
+    """The server's RSS every `every` seconds while the load runs (a thread: the clients' event loop never waits
+    on it), to tell a leak from warm-up: a leak keeps climbing, warm-up levels off."""
+
+    def __init__(self, url: str, headers: dict[str, str], every: float):
+        super().__init__(daemon=True)
+        self.url, self.headers, self.every = url, headers, every
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, MiB)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=30) as c:
+            while not self.done.wait(self.every):
+                try:
+                    rss = server_rss(c)
+                except httpx.HTTPError:  # a busy server may miss one sample; the next one counts
+                    continue
+                if rss is not None:
+                    self.samples.append((round(time.monotonic() - t0, 1), rss))
+
+
 def run(url: str, model: str, *, duration: float, requests: int | None, concurrency: int, modes: list[str],
-        batch: int, api_key: str | None) -> dict:
-    """Drive the server; returns the report as a dict (also what --json prints)."""
+        batch: int, api_key: str | None, rss_every: float | None = None) -> dict:
+    """Drive the server; returns the report as a dict (also what --json prints). With `rss_every`, the server's
+    RSS is also sampled every that many seconds during the run."""
     host = urlparse(url).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"refusing to load-test {host}: loopback only")
@@ -235,8 +259,16 @@ def run(url: str, model: str, *, duration: float, requests: int | None, concurre
     async def clients() -> None:
         await asyncio.gather(*(client() for _ in range(concurrency)))
 
+    sampler = _RssSampler(url, headers, rss_every) if rss_every else None
+    if sampler:
+        sampler.start()
     t_start = time.perf_counter()
-    _run_loop(clients())
+    try:
+        _run_loop(clients())
+    finally:
+        if sampler:
+            sampler.done.set()
+            sampler.join()
     elapsed = time.perf_counter() - t_start
     with httpx.Client(base_url=url, headers=headers, timeout=120) as admin:
         rss_after = server_rss(admin)
@@ -254,7 +286,8 @@ def run(url: str, model: str, *, duration: float, requests: int | None, concurre
             "req_per_s": total_ok / elapsed, "images_per_s": sum(r["images_per_s"] for r in rows.values()),
             "p50_ms": float(np.percentile(all_lat, 50)) if len(all_lat) else None,
             "p99_ms": float(np.percentile(all_lat, 99)) if len(all_lat) else None,
-            "rss_before_mib": rss_before, "rss_after_mib": rss_after}
+            "rss_before_mib": rss_before, "rss_after_mib": rss_after,
+            "rss_samples": sampler.samples if sampler else []}
 
 
 def print_report(rep: dict) -> None:
@@ -271,6 +304,8 @@ def print_report(rep: dict) -> None:
     if rep["rss_before_mib"] is not None:
         print(f"server RSS: {rep['rss_before_mib']:.0f} MiB before, {rep['rss_after_mib']:.0f} MiB after "
               f"({rep['rss_after_mib'] - rep['rss_before_mib']:+.0f} MiB)")
+    if rep["rss_samples"]:
+        print("server RSS during the run (s: MiB): " + ", ".join(f"{t:g}: {m:.0f}" for t, m in rep["rss_samples"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,16 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
     p.add_argument("--batch", type=int, default=1, help="images per request")
     p.add_argument("--api-key", default=None)
+    p.add_argument("--rss-every", type=float, default=None, metavar="S",
+                   help="also sample the server's RSS every S seconds during the run (soak: leak or warm-up?)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         p.error(f"unknown mode(s) {bad}; accepted: {', '.join(MODES)}")
-    if a.duration <= 0 or a.concurrency < 1 or a.batch < 1:
-        p.error("--duration, --concurrency and --batch must be positive")
+    if a.duration <= 0 or a.concurrency < 1 or a.batch < 1 or (a.rss_every is not None and a.rss_every <= 0):
+        p.error("--duration, --concurrency, --batch and --rss-every must be positive")
     rep = run(a.url, a.model, duration=a.duration, requests=a.requests, concurrency=a.concurrency, modes=modes,
-              batch=a.batch, api_key=a.api_key)
+              batch=a.batch, api_key=a.api_key, rss_every=a.rss_every)
     print(json.dumps(rep, indent=1)) if a.json else print_report(rep)
     return 0 if rep["errors"] == 0 and rep["requests_ok"] > 0 else 1
 

@@ -238,11 +238,13 @@ def test_load_script_smoke(torch_server):
     from .helpers import ROOT
 
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "load_test.py"), "--url", torch_server.url,
-                        "--duration", "4", "--concurrency", "3", "--api-key", API_KEY, "--json"],
+                        "--duration", "4", "--concurrency", "3", "--api-key", API_KEY, "--rss-every", "1", "--json"],
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads(r.stdout)
     assert rep["errors"] == 0
     assert all(rep["modes"][m]["ok"] >= 1 for m in ("json", "binary", "binary-u8", "jpeg")), rep["modes"]
     assert rep["rss_before_mib"] > 100 and rep["rss_after_mib"] > 100
+    times = [t for t, _ in rep["rss_samples"]]  # sampled during the run, in order
+    assert len(times) >= 2 and times == sorted(times) and all(m > 100 for _, m in rep["rss_samples"])
     assert rep["p50_ms"] > 0 and rep["p99_ms"] >= rep["p50_ms"]
