@@ -99,9 +99,9 @@ async def embed(name: str, request: Request,
                    "X-Shape": ",".join(map(str, arrays[0].shape))}
         return Response(b"".join(a.tobytes() for a in arrays), media_type="application/octet-stream",
                         headers=headers)
-    arrays = {o: np.ascontiguousarray(res[o], dtype=np.float32) for o in outputs}
+    f32 = {o: np.ascontiguousarray(res[o], dtype=np.float32) for o in outputs}  # what orjson writes without copying
     if outputs == ["pooled"]:
-        payload = {"model": name, "embeddings": arrays["pooled"]}
+        payload = {"model": name, "embeddings": f32["pooled"]}
     else:
-        payload = {"model": name, "features": {o: {"shape": list(a.shape), "data": a} for o, a in arrays.items()}}
+        payload = {"model": name, "features": {o: {"shape": list(a.shape), "data": a} for o, a in f32.items()}}
     return Response(jsonio.dumps(payload), media_type="application/json")
