@@ -84,6 +84,10 @@ def parse_cpus(text: str | None) -> set[int] | None:
     return cpus
 
 
+def _cpu_text(cpus: set[int] | None) -> str:
+    return f"CPUs {','.join(map(str, sorted(cpus)))}" if cpus else "all CPUs"
+
+
 def pin_process(cpus: set[int] | None) -> None:
     """Move every thread of this process (the backend's thread pools included) onto `cpus`."""
     if not cpus:
@@ -221,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nserving overhead, {a.model}, backend {backend.kind}, {os.cpu_count()} cores ({platform.machine()}), "
           f"{when}; {a.instances} compute instance(s) x {threads} threads; {a.clients} clients x 1 image/request, "
           f"server max batch {a.batch} (delay {a.delay_ms:g} ms), in-process batch {a.batch}, {a.seconds:g} s each in {a.rounds} interleaved rounds")
-    where = lambda cpus: f"CPUs {','.join(map(str, sorted(cpus)))}" if cpus else "all CPUs"
-    print(f"server and in-process backend on {where(server_cpus)}, load generator on {where(client_cpus)}")
+    print(f"server and in-process backend on {_cpu_text(server_cpus)}, load generator on {_cpu_text(client_cpus)}")
     print(f"{'input':8} {'HTTP img/s':>11} {'in-proc img/s':>14} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'errors':>7} {'in-proc + decode img/s':>23}   {'paired ratio: median':>20} {'range':>11}   "
           f"CPU ms/img: {'server':>7} {'client':>7} {'in-proc':>8}")
